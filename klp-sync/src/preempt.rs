@@ -1,0 +1,97 @@
+//! The "preempt" flavor: the scheme the kernel adopted in 2017 for the livepatch handler.
+//!
+//! Kernel: `preempt_disable_notrace()` on the read side and `schedule_on_each_cpu()` as
+//! the grace period, which protects every task, including those where RCU is not watching,
+//! and cannot batch. Here: every thread is protected from its first read section on,
+//! parked or not; a grace period is one process-wide barrier followed by a scan of every
+//! thread's word; callers are serialized by a mutex and each pays for its own.
+
+use crate::Flavor;
+use crate::local;
+use crate::os::{self, ProcessBarrier};
+use crate::reader::{self, SlotToken};
+use std::sync::Mutex;
+
+/// The preempt flavor (see the module documentation of the crate).
+pub struct Preempt {
+    /// Serializes grace periods: the kernel's `schedule_on_each_cpu` callers do not share.
+    serial: Mutex<()>,
+}
+
+impl Preempt {
+    /// A new instance. The first instance of the process decides the barrier mode.
+    pub fn new() -> Self {
+        os::init();
+        Preempt {
+            serial: Mutex::new(()),
+        }
+    }
+}
+
+impl Default for Preempt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Preempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preempt").finish_non_exhaustive()
+    }
+}
+
+impl Preempt {
+    fn grace_period(&self, spin_only: bool) {
+        local::assert_outside("synchronize");
+        let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        local::REGISTRY.grace_period(&ProcessBarrier, |_| true, spin_only);
+    }
+}
+
+// SAFETY: the read side is `reader::enter/exit` on the thread's own slot (clause 3: the
+// word counts depth). Every thread gets a slot at its first section and every in-use slot
+// is scanned (clauses 1, 2, 5: always watching); the scan is preceded by the heavy barrier
+// and waits with Acquire loads for Release exits (see `docs`). `defer` runs the closure
+// after a full grace period before returning, so `barrier` has nothing to wait for
+// (clause 4). Exited threads release their slot, and released slots are skipped (6).
+unsafe impl Flavor for Preempt {
+    type Token = SlotToken;
+
+    fn name(&self) -> &'static str {
+        "preempt"
+    }
+
+    #[inline(always)]
+    unsafe fn raw_read_lock(&self) -> SlotToken {
+        let slot = local::current();
+        reader::enter(slot);
+        SlotToken(slot)
+    }
+
+    #[inline(always)]
+    unsafe fn raw_read_unlock(&self, token: SlotToken) {
+        reader::exit(token.0);
+    }
+
+    fn synchronize(&self) {
+        self.grace_period(false);
+    }
+
+    fn synchronize_expedited(&self) {
+        self.grace_period(true);
+    }
+
+    fn is_watching(&self) -> bool {
+        true
+    }
+
+    fn defer(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        local::assert_outside("defer");
+        self.synchronize();
+        f();
+    }
+
+    fn barrier(&self) {
+        local::assert_outside("barrier");
+    }
+}
