@@ -1,0 +1,158 @@
+//! The kernel's log, for a process: every core message with the kernel's text and level,
+//! delivered to a pluggable sink.
+//!
+//! Lines are whole kernel lines without the trailing newline, starting with `livepatch: `
+//! as the kernel's `pr_fmt` makes them (`livepatch: enabling patch 'p'`). Levels are the
+//! kernel's console levels.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A message level, numbered as the kernel's console levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(i32)]
+pub enum Level {
+    /// `pr_err`.
+    Err = 3,
+    /// `pr_warn` and `WARN`.
+    Warning = 4,
+    /// `pr_notice`.
+    Notice = 5,
+    /// `pr_info`.
+    Info = 6,
+    /// `pr_debug` (the selftests switch these on).
+    Debug = 7,
+}
+
+impl Level {
+    /// The kernel's name of the level (`err`, `warning`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Err => "err",
+            Level::Warning => "warning",
+            Level::Notice => "notice",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// Where log lines go.
+pub trait Sink: Send + Sync {
+    /// Receive one line (no trailing newline).
+    fn line(&self, level: Level, line: &str);
+}
+
+impl<F: Fn(Level, &str) + Send + Sync> Sink for F {
+    fn line(&self, level: Level, line: &str) {
+        self(level, line)
+    }
+}
+
+/// The default sink: notice and above to standard error; debug lines too when the
+/// environment variable `KLP_DEBUG` is `1`.
+#[derive(Debug, Default)]
+pub struct Stderr;
+
+impl Sink for Stderr {
+    fn line(&self, level: Level, line: &str) {
+        if level <= Level::Notice || std::env::var_os("KLP_DEBUG").is_some_and(|v| v == "1") {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// A sink that keeps every line, for tests that compare logs line by line.
+#[derive(Debug, Default)]
+pub struct Capture {
+    lines: Mutex<Vec<(Level, String)>>,
+}
+
+impl Capture {
+    /// An empty capture.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Capture::default())
+    }
+
+    /// Every line so far, without levels, and forget them.
+    pub fn take(&self) -> Vec<String> {
+        self.take_with_levels()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    /// Every line so far with its level, and forget them.
+    pub fn take_with_levels(&self) -> Vec<(Level, String)> {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Record a line that did not come from the core (a test's own `% insmod` echo).
+    pub fn push(&self, line: impl Into<String>) {
+        self.line(Level::Info, &line.into());
+    }
+}
+
+impl Sink for Capture {
+    fn line(&self, level: Level, line: &str) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((level, line.to_owned()));
+    }
+}
+
+/// A replaceable sink; cheap to clone (every clone shares the sink).
+#[derive(Clone)]
+pub struct Log {
+    sink: Arc<RwLock<Arc<dyn Sink>>>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log::new(Arc::new(Stderr))
+    }
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log").finish_non_exhaustive()
+    }
+}
+
+/// The prefix of every core line (the kernel's `pr_fmt` for `kernel/livepatch/`).
+pub const PREFIX: &str = "livepatch: ";
+
+impl Log {
+    /// A log that writes to `sink`.
+    pub fn new(sink: Arc<dyn Sink>) -> Self {
+        Log {
+            sink: Arc::new(RwLock::new(sink)),
+        }
+    }
+
+    /// Send later lines to `sink`.
+    pub fn set_sink(&self, sink: Arc<dyn Sink>) {
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// Emit one core line: the prefix, then the formatted message.
+    pub fn emit(&self, level: Level, args: fmt::Arguments<'_>) {
+        let line = format!("{PREFIX}{args}");
+        self.raw(level, &line);
+    }
+
+    /// Emit a line exactly as given (callback output of a patch, say).
+    pub fn raw(&self, level: Level, line: &str) {
+        let sink = Arc::clone(&self.sink.read().unwrap_or_else(|e| e.into_inner()));
+        sink.line(level, line);
+    }
+}
+
+/// `klp_log!(log, Level::Notice, "enabling patch '{}'", name)`.
+#[macro_export]
+macro_rules! klp_log {
+    ($log:expr, $level:expr, $($arg:tt)+) => {
+        $log.emit($level, format_args!($($arg)+))
+    };
+}
