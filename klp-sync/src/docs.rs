@@ -18,6 +18,7 @@
 //! ```text
 //! enter:  w = word (own value)            exit:  w = word (own value)
 //!         word = w + (gen+1 if outermost)        word = w - 1          (Release)
+//!              (Release)
 //!         light barrier
 //! ```
 //!
@@ -51,6 +52,11 @@
 //!   that section happens-before the updater's return and what it frees next. liburcu
 //!   instead issues a second membarrier at the end of a grace period; on x86 a Release store
 //!   is a plain `mov`, so ours costs the reader nothing and saves the updater a barrier.
+//! * **A generation that moved.** An updater may stop waiting because it sees the *next*
+//!   section's entry rather than the exit. A later plain store does not extend the exit's
+//!   release sequence (C++20 rules), so the entry store is Release too: seeing it carries
+//!   the previous exit and every load before it. On x86 both are plain `mov`s. The loom
+//!   model `preempt_grace_period_waits_for_readers` found this when the entry was Relaxed.
 //! * **Nesting and signal handlers.** Only the owner writes the word, by load-then-store.
 //!   A signal handler that runs a whole section in between restores the word's depth, so
 //!   the interrupted store still leaves a balanced count; at worst the generation repeats,

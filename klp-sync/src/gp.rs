@@ -45,6 +45,7 @@ impl Batcher {
     }
 
     /// Whether the grace period with target `cookie` has completed.
+    #[cfg_attr(klp_loom, allow(dead_code))]
     pub(crate) fn done(&self, cookie: u64) -> bool {
         *self.lock() >= cookie
     }

@@ -48,8 +48,9 @@ impl Slot {
         }
     }
 
-    /// Whether the owner is inside a read section (only meaningful on the owner's thread).
+    /// How deeply the owner is nested in read sections (meaningful on the owner's thread).
     #[inline]
+    #[cfg_attr(klp_loom, allow(dead_code))]
     pub(crate) fn nesting(&self) -> u32 {
         (self.word.load(Ordering::Relaxed) & NEST_MASK) as u32
     }
@@ -58,6 +59,7 @@ impl Slot {
 /// The token of a `preempt` or `rcu` read section: the thread's slot, so the unlock needs
 /// no thread-local lookup.
 #[derive(Clone, Copy)]
+#[cfg_attr(klp_loom, allow(dead_code))]
 pub struct SlotToken(pub(crate) &'static Slot);
 
 impl std::fmt::Debug for SlotToken {
@@ -72,10 +74,13 @@ pub(crate) fn enter(slot: &Slot) {
     // Relaxed: only this thread writes the word, so this load sees its own last store.
     let w = slot.word.load(Ordering::Relaxed);
     let step = if w & NEST_MASK == 0 { GEN_ONE | 1 } else { 1 };
-    // Relaxed store, then the light barrier: either the updater's heavy barrier falls
-    // after this store (and its scan sees us inside), or it falls before our data loads
-    // (and they see everything the updater wrote before it). See `docs`, "read side".
-    slot.word.store(w.wrapping_add(step), Ordering::Relaxed);
+    // The store, then the light barrier: either the updater's heavy barrier falls after
+    // this store (and its scan sees us inside), or it falls before our data loads (and
+    // they see everything the updater wrote before it). See `docs`, "read side".
+    // Release (a plain `mov` on x86): an updater that sees the generation move learns
+    // that our previous section ended only if this store carries that section's exit
+    // with it; a later plain store does not continue the exit's release sequence.
+    slot.word.store(w.wrapping_add(step), Ordering::Release);
     light_barrier();
 }
 

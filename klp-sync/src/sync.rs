@@ -19,6 +19,7 @@ pub(crate) use std::sync::atomic::Ordering;
 
 /// A compiler-only barrier: the light half of an asymmetric fence pair.
 #[inline(always)]
+#[cfg_attr(klp_loom, allow(dead_code))]
 pub(crate) fn compiler_fence() {
     #[cfg(not(klp_loom))]
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
