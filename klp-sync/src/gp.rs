@@ -12,13 +12,33 @@
 //! everybody waiting; otherwise it sleeps until the sequence reaches its target. Every
 //! caller that arrives while a grace period runs is served by the next single one, so K
 //! simultaneous callers cost about two grace periods, not K.
+//!
+//! Wake-ups are what such waits cost on a small machine, so each caller is woken once:
+//! callers sleep on one of two condition variables, chosen by the parity of their target's
+//! grace-period number, and the end of a grace period wakes only the callers it serves.
+//! A leader whose own grace period is done runs the next one too when callers are waiting
+//! for it (at most once, so that no caller leads forever); otherwise it wakes one of them
+//! to lead.
 
 use crate::sync::{Condvar, Mutex, MutexGuard};
 
 /// Grace-period bookkeeping shared by every caller of one rcu instance.
 pub(crate) struct Batcher {
-    seq: Mutex<u64>,
-    done: Condvar,
+    state: Mutex<State>,
+    /// Callers whose target grace period has an even / odd number (`target / 2`).
+    served: [Condvar; 2],
+}
+
+struct State {
+    /// Twice the completed grace periods, plus one while a grace period runs.
+    seq: u64,
+    /// The highest target of a caller that went to sleep. Callers below `seq` are served,
+    /// so `want > seq` means somebody still needs a grace period that has not begun.
+    /// (Counting sleepers instead would also count callers that were woken but have not
+    /// yet run, and make a leader run grace periods for nobody.)
+    want: u64,
+    /// A leader is about to start a grace period and lets other callers join it first.
+    gathering: bool,
 }
 
 /// The smallest sequence value at which a grace period that begins after now has ended.
@@ -26,33 +46,42 @@ pub(crate) fn seq_snap(seq: u64) -> u64 {
     (seq + 3) & !1
 }
 
+/// Which of the two condition variables serves callers with `target`.
+fn lane(target: u64) -> usize {
+    ((target / 2) & 1) as usize
+}
+
 impl Batcher {
     pub(crate) fn new() -> Self {
         Batcher {
-            seq: Mutex::new(0),
-            done: Condvar::new(),
+            state: Mutex::new(State {
+                seq: 0,
+                want: 0,
+                gathering: false,
+            }),
+            served: [Condvar::new(), Condvar::new()],
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        // The lock guards a counter only; a panic elsewhere cannot leave it inconsistent.
-        self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain counters; a panic elsewhere cannot leave them torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The target a caller arriving now must wait for.
     pub(crate) fn snap(&self) -> u64 {
-        seq_snap(*self.lock())
+        seq_snap(self.lock().seq)
     }
 
     /// Whether the grace period with target `cookie` has completed.
     #[cfg_attr(klp_loom, allow(dead_code))]
     pub(crate) fn done(&self, cookie: u64) -> bool {
-        *self.lock() >= cookie
+        self.lock().seq >= cookie
     }
 
     /// Completed grace periods so far.
     pub(crate) fn completed(&self) -> u64 {
-        *self.lock() / 2
+        self.lock().seq / 2
     }
 
     /// Wait until a grace period that began after this call has ended, running grace
@@ -64,30 +93,98 @@ impl Batcher {
 
     /// Wait until the sequence reaches `target`, leading grace periods when none runs.
     pub(crate) fn wait_until(&self, target: u64, run: impl Fn()) {
-        let mut seq = self.lock();
-        while *seq < target {
-            if *seq & 1 == 0 {
-                // Lead: mark a grace period running, run it unlocked, then mark it done
-                // (also on unwind, so followers are never stranded).
-                *seq += 1;
-                drop(seq);
+        let mut st = self.lock();
+        while st.seq < target {
+            if st.seq & 1 == 1 || st.gathering {
+                st.want = st.want.max(target);
+                st = self.served[lane(target)]
+                    .wait(st)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Nobody runs one: lead. Callers that were woken together with us may be queued
+            // behind us on this processor; yield once so that they can join the grace
+            // period we are about to start (the sequence is still even, so their target is
+            // ours) instead of each needing the next.
+            st.gathering = true;
+            drop(st);
+            crate::sync::yield_now();
+            st = self.lock();
+            st.gathering = false;
+            // Run it, and the next one too if callers already wait for it.
+            let mut chained = false;
+            loop {
+                st.seq += 1;
+                drop(st);
+                // Marks the grace period done and wakes its callers, also on unwind.
                 let finish = Finish(self);
                 run();
                 drop(finish);
-                seq = self.lock();
-            } else {
-                seq = self.done.wait(seq).unwrap_or_else(|e| e.into_inner());
+                st = self.lock();
+                if st.seq & 1 == 1 || st.want <= st.seq {
+                    break;
+                }
+                if st.seq >= target && chained {
+                    // Hand over: one of them leads the next grace period.
+                    self.served[lane(st.seq + 2)].notify_one();
+                    break;
+                }
+                chained = st.seq >= target;
             }
         }
     }
 }
 
-/// Ends the running grace period and wakes the callers waiting for it.
+/// Ends the running grace period and wakes the callers it serves.
 struct Finish<'a>(&'a Batcher);
 
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
-        *self.0.lock() += 1;
-        self.0.done.notify_all();
+        let mut st = self.0.lock();
+        st.seq += 1;
+        self.0.served[lane(st.seq)].notify_all();
+        if std::thread::panicking() {
+            // The leader will not go on leading: let a waiter take over.
+            self.0.served[lane(st.seq + 2)].notify_all();
+        }
+    }
+}
+
+#[cfg(all(test, not(klp_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Eight callers, each making 200 calls, over a grace period long enough that they
+    /// overlap: sharing must serve them with far fewer grace periods than calls.
+    #[test]
+    fn concurrent_callers_share_grace_periods() {
+        let b = Arc::new(Batcher::new());
+        let runs = Arc::new(AtomicU64::new(0));
+        let (threads, calls) = (8u64, 200u64);
+        let ts: Vec<_> = (0..threads)
+            .map(|_| {
+                let (b, runs) = (Arc::clone(&b), Arc::clone(&runs));
+                std::thread::spawn(move || {
+                    for _ in 0..calls {
+                        b.synchronize(|| {
+                            runs.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_micros(20));
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        let runs = runs.load(Ordering::Relaxed);
+        assert_eq!(runs, b.completed());
+        assert!(
+            runs <= threads * calls / 2,
+            "{runs} grace periods for {} calls",
+            threads * calls
+        );
     }
 }
