@@ -1,0 +1,71 @@
+//! `patchable!`: define a patchable Rust function.
+
+/// Define a patchable function: the function, its site, and the site's registration when
+/// the program (or shared object) is loaded.
+///
+/// ```
+/// klp_core::patchable! {
+///     /// Adds one.
+///     pub fn add_one(x: u32) -> u32 { x + 1 }
+/// }
+/// assert_eq!(add_one(1), 2);
+/// ```
+///
+/// Functions of a named object (a module) say so first; the object is live between
+/// [`crate::load_object`] and [`crate::unload_object`]:
+///
+/// ```
+/// klp_core::patchable! {
+///     object = "my_module";
+///     pub fn handler(n: u64) -> u64 { n }
+/// }
+/// ```
+///
+/// Free, non-generic functions only; arguments are plain identifiers. A replacement must
+/// have exactly the function's type (`fn(u32) -> u32` above), which is checked when a
+/// patch is enabled.
+#[macro_export]
+macro_rules! patchable {
+    (object = $obj:literal; $($rest:tt)*) => {
+        $crate::patchable!(@site ::core::option::Option::Some($obj); $($rest)*);
+    };
+    (@site $obj:expr; $(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        #[inline(never)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            type __KlpSig = fn($($ty),*) $(-> $ret)?;
+            fn __klp_original($($arg: $ty),*) $(-> $ret)? $body
+            fn __klp_sig() -> ::core::any::TypeId {
+                ::core::any::TypeId::of::<__KlpSig>()
+            }
+            static __KLP_SITE: $crate::Site = $crate::Site::new(
+                $obj,
+                ::core::stringify!($name),
+                __klp_original as __KlpSig as *const (),
+                ::core::option::Option::Some(__klp_sig),
+            );
+            #[used]
+            #[unsafe(link_section = ".init_array")]
+            static __KLP_REGISTER: extern "C" fn() = {
+                extern "C" fn __klp_register() {
+                    __KLP_SITE.register();
+                }
+                __klp_register
+            };
+            let __klp_marker = 0u8;
+            let __klp_frame = ::core::ptr::addr_of!(__klp_marker) as usize;
+            let __klp_imp = $crate::enter(&__KLP_SITE, __klp_frame);
+            let __klp_leave = $crate::LeaveGuard::new(__klp_frame);
+            // SAFETY: every implementation a site hands out is the original or a
+            // replacement whose type was checked against `__KlpSig` when it was enabled.
+            let __klp_fn = unsafe { ::core::mem::transmute::<*const (), __KlpSig>(__klp_imp) };
+            let __klp_ret = __klp_fn($($arg),*);
+            ::core::mem::drop(__klp_leave);
+            ::core::hint::black_box(&__klp_marker);
+            __klp_ret
+        }
+    };
+    ($($rest:tt)*) => {
+        $crate::patchable!(@site ::core::option::Option::None; $($rest)*);
+    };
+}

@@ -1,0 +1,394 @@
+//! Tasks: the threads of the process, as the kernel's livepatch sees its tasks.
+//!
+//! A thread becomes a task at its first patchable call and stops being one when it exits.
+//! Every task has, per engine, a `patch_state` (IDLE / UNPATCHED / PATCHED) and a pending
+//! flag (the kernel's `TIF_PATCH_PENDING`), and one **activation stack**: the patchable
+//! functions it is inside, each with the implementation it chose and the address of the
+//! wrapper's frame. The activation stack is what the kernel's reliable stack trace is to
+//! a task: the transition checks it for functions that must not be running.
+//!
+//! # Who reads the activation stack
+//!
+//! Only the owner writes it. Another thread (the transition worker, or a control
+//! operation) may read it only while it holds the owner **parked and claimed**:
+//!
+//! ```text
+//!   owner:  RUNNING --park (Release)--> PARKED --unpark (CAS, Acquire)--> RUNNING
+//!   worker:           PARKED --claim (CAS, Acquire)--> CLAIMED --release (Release)--> PARKED
+//! ```
+//!
+//! The owner parks only between patchable calls' bookkeeping (never in the middle of a
+//! push or pop), so a claimed task's stack is stable and fully written. An unpark that
+//! finds CLAIMED waits until the worker stores PARKED again. A signal handler that runs on
+//! a parked thread and calls a patchable function takes the task back to RUNNING for its
+//! duration (like `rcu_irq_enter`) and parks it again on the way out.
+
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicI8, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::site::Site;
+
+/// The kernel's per-task states.
+pub const KLP_TRANSITION_IDLE: i8 = -1;
+/// The task runs the code from before the transition's patch (or after its removal).
+pub const KLP_TRANSITION_UNPATCHED: i8 = 0;
+/// The task runs the transition patch's code.
+pub const KLP_TRANSITION_PATCHED: i8 = 1;
+
+/// How many engines one process may create (each has a slot in every task).
+pub const MAX_ENGINES: usize = 64;
+
+/// Entries an activation stack records; deeper nesting makes the stack "unreliable"
+/// until it unwinds back below this depth (such a task switches only at depth 0).
+pub const STACK_DEPTH: usize = 64;
+
+const RUNNING: u32 = 0;
+const PARKED: u32 = 1;
+const CLAIMED: u32 = 2;
+
+/// One patchable function a task is inside.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Activation {
+    pub(crate) site: *const Site,
+    pub(crate) imp: *const (),
+    pub(crate) frame: usize,
+}
+
+/// The owner-written part of a task.
+pub(crate) struct ActStack {
+    entries: [Activation; STACK_DEPTH],
+    /// Patchable frames the thread is inside, recorded or not.
+    depth: usize,
+    /// While a signal handler runs patchable code on a parked thread: the depth at which it
+    /// entered, so that the task parks again when the handler's call returns.
+    irq_depth: Option<usize>,
+}
+
+impl ActStack {
+    const EMPTY: Activation = Activation {
+        site: std::ptr::null(),
+        imp: std::ptr::null(),
+        frame: 0,
+    };
+
+    /// The recorded entries (all of them when the stack is reliable).
+    pub(crate) fn entries(&self) -> &[Activation] {
+        &self.entries[..self.depth.min(STACK_DEPTH)]
+    }
+
+    /// Whether every frame is recorded.
+    pub(crate) fn reliable(&self) -> bool {
+        self.depth <= STACK_DEPTH
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Forget entries at or below `frame` (deeper frames; the stack grows down): they were
+    /// left without returning (longjmp, an exception, a cancelled thread's unwinding).
+    fn drop_stale(&mut self, frame: usize) {
+        while self.depth > 0
+            && self.depth <= STACK_DEPTH
+            && self.entries[self.depth - 1].frame <= frame
+        {
+            self.depth -= 1;
+        }
+    }
+}
+
+/// A thread, as livepatch sees it.
+pub struct Task {
+    /// A small process-unique number (the kernel's pid in messages).
+    pub(crate) id: u64,
+    /// The thread's name when it registered (the kernel's comm).
+    pub(crate) name: String,
+    park: AtomicU32,
+    /// Per engine slot: the task's patch state.
+    pub(crate) states: [AtomicI8; MAX_ENGINES],
+    /// Bit per engine slot: the task must still switch to that engine's target.
+    pub(crate) pending: AtomicU64,
+    /// Bit per engine slot: the thread registered with that engine's flavor.
+    pub(crate) flavor_registered: AtomicU64,
+    /// Owner-written; read by others only while claimed (see the module docs).
+    stack: UnsafeCell<ActStack>,
+    /// What wakes this thread when a transition waits for it (the kernel's signals).
+    pub(crate) kick: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Set once the thread has exited.
+    pub(crate) exited: AtomicU8,
+}
+
+// SAFETY: every field is an atomic, a Mutex, immutable after creation, or the activation
+// stack, whose accesses follow the park/claim protocol of the module documentation: the
+// owner only while RUNNING (or parked but not claimed, for reads), another thread only
+// while it holds the task CLAIMED.
+unsafe impl Sync for Task {}
+// SAFETY: as above; the raw pointers in the stack are addresses of 'static sites and code.
+unsafe impl Send for Task {}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every registered task.
+static TASKS: Mutex<Vec<Arc<Task>>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn tasks() -> MutexGuard<'static, Vec<Arc<Task>>> {
+    TASKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    static CURRENT: Cell<*const Task> = const { Cell::new(std::ptr::null()) };
+    static OWNER: TaskOwner = const { TaskOwner };
+}
+
+struct TaskOwner;
+
+impl Drop for TaskOwner {
+    fn drop(&mut self) {
+        let p = CURRENT.with(|c| c.replace(std::ptr::null()));
+        if p.is_null() {
+            return;
+        }
+        let mut all = tasks();
+        if let Some(i) = all.iter().position(|t| std::ptr::eq(Arc::as_ptr(t), p)) {
+            let t = all.swap_remove(i);
+            t.exited.store(1, Ordering::Release);
+            drop(all);
+            crate::core::task_exited(&t);
+        }
+    }
+}
+
+/// The calling thread's task, registering it on first use.
+#[inline(always)]
+pub(crate) fn current() -> &'static Task {
+    let p = CURRENT.with(Cell::get);
+    // SAFETY: a non-null CURRENT points to a task kept alive by TASKS until this thread's
+    // destructor removes it, which also clears CURRENT first.
+    match unsafe { p.as_ref() } {
+        Some(t) => t,
+        None => register(),
+    }
+}
+
+/// The calling thread's task if it has one.
+#[inline]
+pub(crate) fn existing() -> Option<&'static Task> {
+    let p = CURRENT.with(Cell::get);
+    // SAFETY: as in `current`.
+    unsafe { p.as_ref() }
+}
+
+#[cold]
+#[inline(never)]
+fn register() -> &'static Task {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    let task = Arc::new(Task {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        name,
+        park: AtomicU32::new(RUNNING),
+        states: [const { AtomicI8::new(KLP_TRANSITION_IDLE) }; MAX_ENGINES],
+        pending: AtomicU64::new(0),
+        flavor_registered: AtomicU64::new(0),
+        stack: UnsafeCell::new(ActStack {
+            entries: [ActStack::EMPTY; STACK_DEPTH],
+            depth: 0,
+            irq_depth: None,
+        }),
+        kick: Mutex::new(None),
+        exited: AtomicU8::new(0),
+    });
+    let p = Arc::as_ptr(&task);
+    {
+        let mut all = tasks();
+        // A thread that registers during a transition has nothing on its stack: it starts
+        // at the target (under the task lock, so no transition init or start races it).
+        crate::core::task_born(&task);
+        all.push(task);
+    }
+    CURRENT.with(|c| c.set(p));
+    // If this thread is past its thread-local destructors the task simply stays (and never
+    // delays a transition: it is never pending again once it is at the target).
+    let _ = OWNER.try_with(|_| ());
+    // SAFETY: the Arc just pushed into TASKS keeps the task alive until this thread's
+    // destructor removes it.
+    unsafe { &*p }
+}
+
+impl Task {
+    /// The stack, for the owner.
+    ///
+    /// # Safety
+    ///
+    /// 1. The caller is the owning thread, the task is RUNNING (or the caller only reads),
+    ///    and the returned reference does not outlive a park.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn own_stack(&self) -> &mut ActStack {
+        // SAFETY: clause 1: the owner is the only writer, and nobody reads while RUNNING
+        // except the owner.
+        unsafe { &mut *self.stack.get() }
+    }
+
+    /// Claim a parked task so that its stack can be read; `None` if it is running.
+    pub(crate) fn claim(&self) -> Option<Claimed<'_>> {
+        // Acquire: the owner's stack writes before its Release park are visible.
+        self.park
+            .compare_exchange(PARKED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Claimed { task: self })
+    }
+
+    /// Whether this is the calling thread's task.
+    pub(crate) fn is_current(&self) -> bool {
+        existing().is_some_and(|t| std::ptr::eq(t, self))
+    }
+
+    pub(crate) fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) != RUNNING
+    }
+
+    /// The task's state in engine `slot`.
+    pub(crate) fn state(&self, slot: usize) -> i8 {
+        self.states[slot].load(Ordering::Acquire)
+    }
+
+    /// The task's name and id as the kernel prints a task (`comm:pid`).
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.name, self.id)
+    }
+}
+
+/// A parked task held by a checker; its stack is readable until this is dropped.
+pub(crate) struct Claimed<'a> {
+    task: &'a Task,
+}
+
+impl Claimed<'_> {
+    pub(crate) fn stack(&self) -> &ActStack {
+        // SAFETY: the task is CLAIMED: its owner is parked and cannot write until we store
+        // PARKED again; our Acquire claim saw all its writes.
+        unsafe { &*self.task.stack.get() }
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        // Release: our reads happen before the owner's unpark sees PARKED.
+        self.task.park.store(PARKED, Ordering::Release);
+    }
+}
+
+/// Park the calling thread's task: it is about to block, and the transition worker may
+/// check and switch it meanwhile.
+pub(crate) fn park_task(task: &Task) {
+    // Release: the stack as it is now is what a claimer reads.
+    task.park.store(PARKED, Ordering::Release);
+}
+
+/// Unpark the calling thread's task, waiting for a checker that holds it.
+pub(crate) fn unpark_task(task: &Task) {
+    let mut spins = 0u32;
+    loop {
+        match task
+            .park
+            .compare_exchange_weak(PARKED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => return,
+            Err(RUNNING) => return,
+            Err(_) => {
+                // CLAIMED: a checker reads our stack for a few microseconds at most.
+                spins += 1;
+                if spins < 100 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// Bookkeeping at the entry of a patchable function; returns the stack for the push.
+///
+/// A parked task (a signal handler interrupting a blocked thread) is taken back to
+/// RUNNING for the duration of the call.
+///
+/// Entries deeper than `frame` are dropped as stale, except in a signal handler on a
+/// parked thread: its frame may be on an alternate signal stack, unrelated to the
+/// thread's own frames.
+#[inline(always)]
+pub(crate) fn enter_bookkeeping(task: &Task, frame: usize) -> &mut ActStack {
+    if task.park.load(Ordering::Relaxed) != RUNNING {
+        return irq_enter(task);
+    }
+    // SAFETY: we are the owner and the task is RUNNING.
+    let stack = unsafe { task.own_stack() };
+    stack.drop_stale(frame);
+    stack
+}
+
+#[cold]
+fn irq_enter(task: &Task) -> &mut ActStack {
+    unpark_task(task);
+    // SAFETY: owner, now RUNNING.
+    let stack = unsafe { task.own_stack() };
+    if stack.irq_depth.is_none() {
+        stack.irq_depth = Some(stack.depth);
+    }
+    stack
+}
+
+/// Record `act` on top of the stack.
+#[inline(always)]
+pub(crate) fn push(stack: &mut ActStack, act: Activation) {
+    if stack.depth < STACK_DEPTH {
+        stack.entries[stack.depth] = act;
+    }
+    // A signal handler interrupting here sees a consistent stack: the entry is written
+    // before the depth that publishes it (only this thread reads it while running).
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    stack.depth += 1;
+}
+
+/// Bookkeeping at the return of a patchable function whose wrapper frame is `frame`.
+/// Returns the depth left.
+#[inline(always)]
+pub(crate) fn pop(task: &Task, frame: usize) -> usize {
+    // SAFETY: owner; the task is RUNNING while its own patchable code runs.
+    let stack = unsafe { task.own_stack() };
+    if stack.depth > STACK_DEPTH {
+        stack.depth -= 1;
+    } else {
+        // Our own entry and anything deeper that was left without returning.
+        stack.drop_stale(frame);
+    }
+    stack.depth
+}
+
+/// Leave the "signal handler on a parked thread" state if this call entered it.
+#[inline(always)]
+pub(crate) fn irq_exit_if_needed(task: &Task) {
+    // SAFETY: owner.
+    let stack = unsafe { task.own_stack() };
+    if stack.irq_depth.is_some_and(|d| d >= stack.depth) {
+        stack.irq_depth = None;
+        park_task(task);
+    }
+}
+
+/// Drop stale entries deeper than the caller's frame (for explicit switch points).
+pub(crate) fn drop_stale_below(task: &Task, frame: usize) {
+    // SAFETY: owner, RUNNING (the caller is running Rust code, not parked).
+    unsafe { task.own_stack() }.drop_stale(frame);
+}
