@@ -1187,9 +1187,20 @@ impl<F: Flavor + 'static> Core<F> {
         Ok(())
     }
 
+    /// One pending task fewer; returns the count before. The count only decides when to
+    /// wake the worker early, so it saturates rather than wrap when a reversal reset it
+    /// under a task that was switching.
+    fn pending_done(&self) -> usize {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(1))
+            })
+            .unwrap_or(0)
+    }
+
     fn switch(&self, t: &Task, target: i8) {
         if t.pending.fetch_and(!self.bit, Ordering::AcqRel) & self.bit != 0 {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.pending_done();
         }
         t.states[self.slot].store(target, Ordering::Release);
     }
@@ -1778,13 +1789,13 @@ impl<F: Flavor + 'static> EngineDyn for Core<F> {
         let _g = self.flavor.read_lock();
         if task.pending.fetch_and(!self.bit, Ordering::AcqRel) & self.bit != 0 {
             task.states[self.slot].store(self.target.load(Ordering::Acquire), Ordering::Release);
-            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.pending_done() == 1 {
                 self.wake_worker();
             }
         }
     }
     fn task_gone(&self, _task: &Task) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.pending_done() == 1 {
             self.wake_worker();
         }
     }

@@ -38,6 +38,8 @@ pub mod log;
 mod core;
 mod error;
 mod macros;
+#[doc(hidden)]
+pub mod park;
 mod patch;
 mod site;
 mod task;

@@ -24,9 +24,10 @@
 //! duration (like `rcu_irq_enter`) and parks it again on the way out.
 
 use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::{AtomicI8, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI8, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::park::ParkWord;
 use crate::site::Site;
 
 /// The kernel's per-task states.
@@ -42,10 +43,6 @@ pub const MAX_ENGINES: usize = 64;
 /// Entries an activation stack records; deeper nesting makes the stack "unreliable"
 /// until it unwinds back below this depth (such a task switches only at depth 0).
 pub const STACK_DEPTH: usize = 64;
-
-const RUNNING: u32 = 0;
-const PARKED: u32 = 1;
-const CLAIMED: u32 = 2;
 
 /// One patchable function a task is inside.
 #[derive(Clone, Copy, Debug)]
@@ -104,7 +101,7 @@ pub struct Task {
     pub(crate) id: u64,
     /// The thread's name when it registered (the kernel's comm).
     pub(crate) name: String,
-    park: AtomicU32,
+    park: ParkWord,
     /// Per engine slot: the task's patch state.
     pub(crate) states: [AtomicI8; MAX_ENGINES],
     /// Bit per engine slot: the task must still switch to that engine's target.
@@ -197,7 +194,7 @@ fn register() -> &'static Task {
     let task = Arc::new(Task {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         name,
-        park: AtomicU32::new(RUNNING),
+        park: ParkWord::new(),
         states: [const { AtomicI8::new(KLP_TRANSITION_IDLE) }; MAX_ENGINES],
         pending: AtomicU64::new(0),
         flavor_registered: AtomicU64::new(0),
@@ -242,11 +239,9 @@ impl Task {
 
     /// Claim a parked task so that its stack can be read; `None` if it is running.
     pub(crate) fn claim(&self) -> Option<Claimed<'_>> {
-        // Acquire: the owner's stack writes before its Release park are visible.
-        self.park
-            .compare_exchange(PARKED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Claimed { task: self })
+        // The claim's Acquire makes the owner's stack writes before its park visible.
+        // `then`, not `then_some`: a Claimed built for a failed claim would release it.
+        self.park.claim().then(|| Claimed { task: self })
     }
 
     /// Whether this is the calling thread's task.
@@ -255,7 +250,7 @@ impl Task {
     }
 
     pub(crate) fn is_parked(&self) -> bool {
-        self.park.load(Ordering::Relaxed) != RUNNING
+        !self.park.is_running()
     }
 
     /// The task's state in engine `slot`.
@@ -285,38 +280,19 @@ impl Claimed<'_> {
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         // Release: our reads happen before the owner's unpark sees PARKED.
-        self.task.park.store(PARKED, Ordering::Release);
+        self.task.park.release();
     }
 }
 
 /// Park the calling thread's task: it is about to block, and the transition worker may
 /// check and switch it meanwhile.
 pub(crate) fn park_task(task: &Task) {
-    // Release: the stack as it is now is what a claimer reads.
-    task.park.store(PARKED, Ordering::Release);
+    task.park.park();
 }
 
 /// Unpark the calling thread's task, waiting for a checker that holds it.
 pub(crate) fn unpark_task(task: &Task) {
-    let mut spins = 0u32;
-    loop {
-        match task
-            .park
-            .compare_exchange_weak(PARKED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
-        {
-            Ok(_) => return,
-            Err(RUNNING) => return,
-            Err(_) => {
-                // CLAIMED: a checker reads our stack for a few microseconds at most.
-                spins += 1;
-                if spins < 100 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
+    task.park.unpark();
 }
 
 /// Bookkeeping at the entry of a patchable function; returns the stack for the push.
@@ -329,7 +305,7 @@ pub(crate) fn unpark_task(task: &Task) {
 /// thread's own frames.
 #[inline(always)]
 pub(crate) fn enter_bookkeeping(task: &Task, frame: usize) -> &mut ActStack {
-    if task.park.load(Ordering::Relaxed) != RUNNING {
+    if !task.park.is_running() {
         return irq_enter(task);
     }
     // SAFETY: we are the owner and the task is RUNNING.
