@@ -32,8 +32,16 @@ pub const MODULE_NAME_LEN: usize = 56;
 /// kicked (`SIGNALS_TIMEOUT`).
 pub const SIGNALS_TIMEOUT: u32 = 15;
 
+/// `FuncNode::magic` of a live node.
+const NODE_LIVE: u64 = 0x6b6c_705f_6c69_7665;
+/// `FuncNode::magic` of a node about to be freed.
+const NODE_DEAD: u64 = 0xdead_dead_dead_dead;
+
 /// A func as the call path sees it: one entry of a site's func_stack.
 pub struct FuncNode {
+    /// `NODE_LIVE` until the node is freed: the handler checks it, so that a use after
+    /// free (a grace period that did not wait) is caught rather than jumped through.
+    magic: AtomicU64,
     /// The replacement (for a nop: the original).
     new_func: AtomicPtr<()>,
     nop: bool,
@@ -311,6 +319,16 @@ impl ObjRec {
     }
 }
 
+/// What `try_switch_task` found.
+enum Switch {
+    /// At the target (now or already).
+    Done,
+    /// Checked: a function being replaced is on its stack (or the stack is unreliable).
+    Busy,
+    /// Running elsewhere: not checkable through its stack.
+    Running,
+}
+
 fn target_name(t: i8) -> &'static str {
     if t == KLP_TRANSITION_PATCHED {
         "patching"
@@ -544,6 +562,7 @@ unsafe fn choose_for<F: Flavor + 'static>(
     let Some(func) = (unsafe { top.as_ref() }) else {
         return site.original.0;
     };
+    check_node(func);
     let mut chosen = func;
     // Acquire (R2): the task state read below is ordered after the flag.
     if func.transition.load(Ordering::Acquire) {
@@ -562,7 +581,10 @@ unsafe fn choose_for<F: Flavor + 'static>(
             // SAFETY: as for `top`.
             match unsafe { func.next.load(Ordering::Acquire).as_ref() } {
                 None => return site.original.0,
-                Some(below) => chosen = below,
+                Some(below) => {
+                    check_node(below);
+                    chosen = below;
+                }
             }
         }
     }
@@ -571,6 +593,21 @@ unsafe fn choose_for<F: Flavor + 'static>(
     } else {
         chosen.new_func.load(Ordering::Relaxed).cast_const()
     }
+}
+
+/// Abort on a func record that was freed: the grace period did not protect this reader.
+#[inline(always)]
+fn check_node(n: &FuncNode) {
+    if n.magic.load(Ordering::Relaxed) != NODE_LIVE {
+        node_poisoned();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn node_poisoned() -> ! {
+    eprintln!("klp-core: the handler read a freed func record (a grace period did not wait)");
+    std::process::abort();
 }
 
 impl<F: Flavor + 'static> Core<F> {
@@ -836,6 +873,7 @@ impl<F: Flavor + 'static> Core<F> {
         for o in &mut rec.objects {
             for f in &mut o.funcs {
                 f.node = Box::into_raw(Box::new(FuncNode {
+                    magic: AtomicU64::new(NODE_LIVE),
                     new_func: AtomicPtr::new(
                         f.new_func.map_or(std::ptr::null_mut(), |c| c.0.cast_mut()),
                     ),
@@ -1205,27 +1243,53 @@ impl<F: Flavor + 'static> Core<F> {
         t.states[self.slot].store(target, Ordering::Release);
     }
 
-    /// §4.5 `klp_try_switch_task`.
-    fn try_switch_task(&self, t: &Task, target: i8, forbidden: &HashSet<(usize, usize)>) -> bool {
+    /// §4.5 `klp_try_switch_task`. A task that is running elsewhere is `Running`: the
+    /// caller may still claim it if it is outside patchable code.
+    fn try_switch_task(&self, t: &Task, target: i8, forbidden: &HashSet<(usize, usize)>) -> Switch {
         if t.states[self.slot].load(Ordering::Acquire) == target {
-            return true;
+            return Switch::Done;
         }
-        let res = if t.is_current() {
+        let ok = if t.is_current() {
             // SAFETY: our own stack, read by its owner.
-            self.stack_ok(unsafe { t.own_stack() }, forbidden)
+            self.stack_ok(unsafe { t.own_stack() }, forbidden).is_ok()
         } else if let Some(claimed) = t.claim() {
-            let r = self.stack_ok(claimed.stack(), forbidden);
-            if r.is_ok() {
+            // Switch while we hold it, so that it sees the switch when it unparks.
+            let ok = self.stack_ok(claimed.stack(), forbidden).is_ok();
+            if ok {
                 self.switch(t, target);
             }
-            return r.is_ok();
+            return if ok { Switch::Done } else { Switch::Busy };
         } else {
-            return false; // running: -EBUSY ("is running"; debug line disabled as in the selftests)
+            return Switch::Running;
         };
-        if res.is_ok() {
+        if ok {
             self.switch(t, target);
+            Switch::Done
+        } else {
+            Switch::Busy
         }
-        res.is_ok()
+    }
+
+    /// Switch the running tasks that are outside every patchable function, with one heavy
+    /// barrier for all of them (`park::RunClaim`). Returns whether all were switched.
+    fn switch_running(&self, running: &[Arc<Task>], target: i8) -> bool {
+        if running.is_empty() {
+            return true;
+        }
+        for t in running {
+            t.run.claim();
+        }
+        crate::park::heavy_barrier();
+        let mut all = true;
+        for t in running {
+            if t.run.outside() {
+                self.switch(t, target);
+            } else {
+                all = false;
+            }
+            t.run.release();
+        }
+        all
     }
 
     /// §4.4: returns whether the transition completed.
@@ -1236,10 +1300,16 @@ impl<F: Flavor + 'static> Core<F> {
         let target = self.target.load(Ordering::SeqCst);
         let forbidden = Arc::clone(&self.forbidden.lock().unwrap_or_else(|e| e.into_inner()));
         let mut complete = true;
+        let mut running = Vec::new();
         for t in task::tasks().iter() {
-            if !self.try_switch_task(t, target, &forbidden) {
-                complete = false;
+            match self.try_switch_task(t, target, &forbidden) {
+                Switch::Done => {}
+                Switch::Busy => complete = false,
+                Switch::Running => running.push(Arc::clone(t)),
             }
+        }
+        if !self.switch_running(&running, target) {
+            complete = false;
         }
         if !complete {
             if ctl.signals_cnt != 0 && ctl.signals_cnt % SIGNALS_TIMEOUT == 0 {
@@ -1373,9 +1443,12 @@ impl<F: Flavor + 'static> Core<F> {
         let addrs: Vec<usize> = nodes.into_iter().map(|p| p as usize).collect();
         self.flavor.defer(Box::new(move || {
             for a in addrs {
-                // SAFETY: allocated by Box in init_patch/add_nops, unlinked from every
-                // stack before this grace period began, freed exactly once.
-                drop(unsafe { Box::from_raw(a as *mut FuncNode) });
+                // SAFETY: allocated by Box in init_patch, unlinked from every stack before
+                // this grace period began, freed exactly once.
+                let node = unsafe { Box::from_raw(a as *mut FuncNode) };
+                node.magic.store(NODE_DEAD, Ordering::Relaxed);
+                node.new_func.store(std::ptr::null_mut(), Ordering::Relaxed);
+                drop(node);
             }
         }));
     }

@@ -9,7 +9,7 @@
 //!   consistency model with its transition worker.
 //! * [`park`] / [`unpark`] bracket blocking calls; [`update_patch_state`] is an explicit
 //!   switch point.
-//! * [`log`] is the kernel's log.
+//! * [`log`] is the kernel's log; [`shadow`] the kernel's shadow variables.
 //!
 //! The behaviour follows the kernel's (`reference/kernel-livepatch.md`): every check,
 //! errno and log line.
@@ -34,6 +34,7 @@
 //! ```
 
 pub mod log;
+pub mod shadow;
 
 mod core;
 mod error;

@@ -16,10 +16,10 @@
 //! handshake against a worker that checks and switches the thread.
 
 #[cfg(not(klp_loom))]
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[cfg(klp_loom)]
-use loom::sync::atomic::{AtomicU32, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const RUNNING: u32 = 0;
 const PARKED: u32 = 1;
@@ -96,4 +96,99 @@ fn spin_wait(spins: u32) {
 #[cfg(klp_loom)]
 fn spin_wait(_spins: u32) {
     loom::thread::yield_now();
+}
+
+/// Claiming a *running* thread that is outside every patchable function (depth 0), so
+/// that a transition does not wait for threads that have left patchable code for good.
+///
+/// ```text
+///   thread, outermost entry:  in_code = true; light barrier; if claim: wait until clear
+///   thread, outermost return: in_code = false (Release)
+///   worker:  claim = true; heavy barrier; if !in_code (Acquire): switch it; claim = false
+/// ```
+///
+/// Store buffering between the two pairs: either the worker sees `in_code` (and leaves
+/// the thread alone) or the entering thread sees `claim` (and waits until the worker's
+/// switch is published by its Release clear). The entry pays a store, a compiler fence
+/// and a load; the worker pays one heavy barrier for all the threads it claims at once.
+#[derive(Debug, Default)]
+pub struct RunClaim {
+    in_code: AtomicBool,
+    claim: AtomicBool,
+}
+
+impl RunClaim {
+    /// A thread outside patchable code, unclaimed.
+    pub fn new() -> Self {
+        RunClaim {
+            in_code: AtomicBool::new(false),
+            claim: AtomicBool::new(false),
+        }
+    }
+
+    /// Thread: entering its outermost patchable function.
+    #[inline(always)]
+    pub fn enter_outermost(&self) {
+        self.in_code.store(true, Ordering::Relaxed);
+        light_barrier();
+        if self.claim.load(Ordering::Acquire) {
+            self.wait_unclaimed();
+        }
+    }
+
+    #[cold]
+    fn wait_unclaimed(&self) {
+        let mut spins = 0u32;
+        // Acquire pairs with the worker's Release clear: its switch is visible after.
+        while self.claim.load(Ordering::Acquire) {
+            spins = spins.saturating_add(1);
+            spin_wait(spins);
+        }
+    }
+
+    /// Thread: back at depth 0.
+    #[inline(always)]
+    pub fn leave_outermost(&self) {
+        self.in_code.store(false, Ordering::Release);
+    }
+
+    /// Worker: announce a claim (follow with one [`heavy_barrier`] for all claims).
+    pub fn claim(&self) {
+        self.claim.store(true, Ordering::SeqCst);
+    }
+
+    /// Worker, after the heavy barrier: whether the thread is outside patchable code (and
+    /// may be switched until [`RunClaim::release`]).
+    pub fn outside(&self) -> bool {
+        !self.in_code.load(Ordering::Acquire)
+    }
+
+    /// Worker: end the claim; what it wrote before is visible to the thread's next entry.
+    pub fn release(&self) {
+        self.claim.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(not(klp_loom))]
+#[inline(always)]
+fn light_barrier() {
+    klp_sync::light_barrier();
+}
+
+/// The worker's half: one for all the threads it claimed.
+#[cfg(not(klp_loom))]
+pub fn heavy_barrier() {
+    klp_sync::heavy_barrier();
+}
+
+#[cfg(klp_loom)]
+#[inline(always)]
+fn light_barrier() {
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// The worker's half (a fence under loom, as for the flavors' models).
+#[cfg(klp_loom)]
+pub fn heavy_barrier() {
+    loom::sync::atomic::fence(Ordering::SeqCst);
 }

@@ -27,7 +27,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicI8, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::park::ParkWord;
+use crate::park::{ParkWord, RunClaim};
 use crate::site::Site;
 
 /// The kernel's per-task states.
@@ -102,6 +102,8 @@ pub struct Task {
     /// The thread's name when it registered (the kernel's comm).
     pub(crate) name: String,
     park: ParkWord,
+    /// Lets the worker switch the thread while it runs outside patchable code.
+    pub(crate) run: RunClaim,
     /// Per engine slot: the task's patch state.
     pub(crate) states: [AtomicI8; MAX_ENGINES],
     /// Bit per engine slot: the task must still switch to that engine's target.
@@ -195,6 +197,7 @@ fn register() -> &'static Task {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         name,
         park: ParkWord::new(),
+        run: RunClaim::new(),
         states: [const { AtomicI8::new(KLP_TRANSITION_IDLE) }; MAX_ENGINES],
         pending: AtomicU64::new(0),
         flavor_registered: AtomicU64::new(0),
@@ -303,6 +306,8 @@ pub(crate) fn unpark_task(task: &Task) {
 /// Entries deeper than `frame` are dropped as stale, except in a signal handler on a
 /// parked thread: its frame may be on an alternate signal stack, unrelated to the
 /// thread's own frames.
+// The stack lives in the task's UnsafeCell and is handed to its owner only.
+#[allow(clippy::mut_from_ref)]
 #[inline(always)]
 pub(crate) fn enter_bookkeeping(task: &Task, frame: usize) -> &mut ActStack {
     if !task.park.is_running() {
@@ -311,16 +316,23 @@ pub(crate) fn enter_bookkeeping(task: &Task, frame: usize) -> &mut ActStack {
     // SAFETY: we are the owner and the task is RUNNING.
     let stack = unsafe { task.own_stack() };
     stack.drop_stale(frame);
+    if stack.depth == 0 {
+        task.run.enter_outermost();
+    }
     stack
 }
 
 #[cold]
+#[allow(clippy::mut_from_ref)]
 fn irq_enter(task: &Task) -> &mut ActStack {
     unpark_task(task);
     // SAFETY: owner, now RUNNING.
     let stack = unsafe { task.own_stack() };
     if stack.irq_depth.is_none() {
         stack.irq_depth = Some(stack.depth);
+    }
+    if stack.depth == 0 {
+        task.run.enter_outermost();
     }
     stack
 }
@@ -349,6 +361,9 @@ pub(crate) fn pop(task: &Task, frame: usize) -> usize {
         // Our own entry and anything deeper that was left without returning.
         stack.drop_stale(frame);
     }
+    if stack.depth == 0 {
+        task.run.leave_outermost();
+    }
     stack.depth
 }
 
@@ -366,5 +381,9 @@ pub(crate) fn irq_exit_if_needed(task: &Task) {
 /// Drop stale entries deeper than the caller's frame (for explicit switch points).
 pub(crate) fn drop_stale_below(task: &Task, frame: usize) {
     // SAFETY: owner, RUNNING (the caller is running Rust code, not parked).
-    unsafe { task.own_stack() }.drop_stale(frame);
+    let stack = unsafe { task.own_stack() };
+    stack.drop_stale(frame);
+    if stack.depth == 0 {
+        task.run.leave_outermost();
+    }
 }

@@ -510,49 +510,69 @@ fn a_released_patch_runs_its_release_hook_after_disable() {
     assert_eq!(released.load(Ordering::SeqCst), 1);
 }
 
+static KICK_RX: Mutex<Option<mpsc::Receiver<()>>> = Mutex::new(None);
+
+patchable! {
+    /// Waits inside itself without parking (it runs: a busy loop in real life), until
+    /// something wakes it.
+    fn e_busy() -> u32 {
+        let rx = KICK_RX.lock().unwrap().take().unwrap();
+        let _ = rx.recv();
+        1
+    }
+}
+fn e_busy_fixed() -> u32 {
+    2
+}
+
 #[test]
 fn stuck_threads_are_kicked_after_fifteen_attempts() {
     let _s = serial();
     let (klp, cap) = engine(Preempt::new());
     let kicked = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<()>();
+    *KICK_RX.lock().unwrap() = Some(rx);
+    let tx = Mutex::new(Some(tx));
     let k = Arc::clone(&kicked);
     let started = Arc::new(AtomicBool::new(false));
     let st = Arc::clone(&started);
-    // A thread that called e_add once and then runs elsewhere, never parking.
+    // A thread running inside the function to be patched, never parking: only its kick
+    // (the kernel's fake signal) gets it out.
     let h = std::thread::spawn(move || {
-        e_add(0);
         klp_core::set_thread_kick(Some(Arc::new(move || {
             k.fetch_add(1, Ordering::SeqCst);
+            tx.lock().unwrap().take();
         })));
         st.store(true, Ordering::SeqCst);
-        let _ = rx.recv();
-        // Its next patchable call is a switch point.
-        e_add(0)
+        let inside = e_busy();
+        (inside, e_busy_after())
     });
-    while !started.load(Ordering::SeqCst) {
+    fn e_busy_after() -> u32 {
+        // The next call after the switch point runs the patch.
+        *KICK_RX.lock().unwrap() = Some(mpsc::channel().1);
+        e_busy()
+    }
+    while !started.load(Ordering::SeqCst) || KICK_RX.lock().unwrap().is_some() {
         std::thread::yield_now();
     }
-    klp.enable(add_patch("p_kick", e_add_2)).unwrap();
-    let t0 = std::time::Instant::now();
-    while kicked.load(Ordering::SeqCst) == 0 && t0.elapsed() < LIMIT {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    klp.enable(
+        Patch::new("p_kick")
+            .object(Object::vmlinux().func(Func::new("e_busy", e_busy_fixed as fn() -> u32))),
+    )
+    .unwrap();
+    assert!(
+        klp.wait_transition(LIMIT),
+        "the kicked thread never switched"
+    );
     assert!(
         kicked.load(Ordering::SeqCst) > 0,
-        "the stuck thread was never kicked: {:?} {:?} {:?}",
-        klp.patch("p_kick"),
-        klp.tasks(),
-        cap.take()
+        "the stuck thread was never kicked"
     );
-    assert!(klp.patch("p_kick").unwrap().transition);
-    drop(tx);
     assert_eq!(
         h.join().unwrap(),
-        2,
-        "after its switch point the thread runs the patch"
+        (1, 2),
+        "the stuck call finishes in the original, the next runs the patch"
     );
-    assert!(klp.wait_transition(LIMIT));
     disable_wait(&klp, "p_kick");
     let lines = cap.take();
     assert_eq!(
@@ -563,6 +583,31 @@ fn stuck_threads_are_kicked_after_fifteen_attempts() {
         1,
         "{lines:#?}"
     );
+}
+
+/// A thread that used patchable code once and now runs elsewhere (here: blocked in a
+/// channel, not parked) does not hold a transition: the worker claims it at depth 0.
+#[test]
+fn a_thread_running_outside_patchable_code_is_switched_by_the_worker() {
+    let _s = serial();
+    let (klp, _cap) = engine(Preempt::new());
+    let (tx, rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        e_add(0);
+        ready_tx.send(()).unwrap();
+        let _ = rx.recv();
+        e_add(0)
+    });
+    ready_rx.recv().unwrap();
+    klp.enable(add_patch("p_outside", e_add_2)).unwrap();
+    assert!(
+        klp.wait_transition(LIMIT),
+        "a thread outside patchable code held the transition"
+    );
+    drop(tx);
+    assert_eq!(h.join().unwrap(), 2);
+    disable_wait(&klp, "p_outside");
 }
 
 static OUTER_READY: Mutex<Option<mpsc::Sender<()>>> = Mutex::new(None);

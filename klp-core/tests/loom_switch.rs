@@ -145,3 +145,41 @@ fn worker_and_owner_switch_once() {
         assert!(!t.pending.load(Ordering::Acquire));
     });
 }
+
+/// The claim of a *running* thread at depth 0 (`park::RunClaim`) against that thread
+/// entering its outermost patchable function: the worker may switch it only while it is
+/// outside, so the two choices made inside one outermost call (f, then the g it calls)
+/// always agree.
+#[test]
+fn running_claim_never_switches_a_thread_inside() {
+    use klp_core::park::{RunClaim, heavy_barrier};
+    loom::model(|| {
+        let run = Arc::new(RunClaim::new());
+        let pending = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicI8::new(UNPATCHED));
+        let (r2, p2, s2) = (Arc::clone(&run), Arc::clone(&pending), Arc::clone(&state));
+        let thread = loom::thread::spawn(move || {
+            r2.enter_outermost();
+            if p2.swap(false, Ordering::AcqRel) {
+                s2.store(PATCHED, Ordering::Release);
+            }
+            let f = s2.load(Ordering::Acquire); // the choice for f
+            let g = s2.load(Ordering::Acquire); // the choice for the g that f calls
+            r2.leave_outermost();
+            (f, g)
+        });
+        // The transition starts, then the worker claims the running thread.
+        pending.store(true, Ordering::SeqCst);
+        run.claim();
+        heavy_barrier();
+        if run.outside() && pending.swap(false, Ordering::AcqRel) {
+            state.store(PATCHED, Ordering::Release);
+        }
+        run.release();
+        let (f, g) = thread.join().unwrap();
+        assert_eq!(
+            f, g,
+            "the thread was switched between two calls of one outermost call"
+        );
+    });
+}

@@ -58,7 +58,10 @@ mod rcu;
 
 #[cfg(not(klp_loom))]
 pub use lock::Lock;
-pub use os::{BarrierMode, FORCE_FENCES_ENV, FenceReason, barrier_mode};
+pub use os::{
+    BarrierMode, FORCE_FENCES_ENV, FenceReason, barrier_mode, heavy_barrier,
+    light_barrier_pub as light_barrier,
+};
 #[cfg(not(klp_loom))]
 pub use preempt::Preempt;
 #[cfg(not(klp_loom))]

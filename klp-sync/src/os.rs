@@ -229,3 +229,20 @@ mod imp {
 
 pub use imp::barrier_mode;
 pub(crate) use imp::*;
+
+/// The light half of the process's asymmetric barrier, for protocols built beside the
+/// flavors (the engine's claim of a running thread): a compiler fence when membarrier is
+/// in use, a full fence otherwise. It orders the caller's earlier stores before its later
+/// loads against any [`heavy_barrier`] of another thread.
+#[inline(always)]
+pub fn light_barrier_pub() {
+    light_barrier();
+}
+
+/// The heavy half: `membarrier(PRIVATE_EXPEDITED)` (or a full fence in the fence mode).
+/// After it returns, every thread has executed a full barrier since the call began.
+pub fn heavy_barrier() {
+    #[cfg(not(klp_loom))]
+    init();
+    ProcessBarrier.heavy_barrier();
+}
