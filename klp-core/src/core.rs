@@ -252,6 +252,39 @@ struct Core<F: Flavor + 'static> {
     /// Thread currently holding `ctl` while it runs callbacks, and a view of it.
     held_by: Mutex<Option<std::thread::ThreadId>>,
     held_view: AtomicPtr<Control>,
+    /// Patches taken off the list, released once the control mutex is dropped (the
+    /// kernel's asynchronous free: a release hook may use the engine).
+    releases: Mutex<Vec<PatchRec>>,
+}
+
+/// The control mutex, held; dropping it releases the patches freed meanwhile.
+struct CtlGuard<'a, F: Flavor + 'static> {
+    core: &'a Core<F>,
+    guard: Option<MutexGuard<'a, Control>>,
+}
+
+impl<F: Flavor + 'static> std::ops::Deref for CtlGuard<'_, F> {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        self.guard
+            .as_ref()
+            .expect("control guard used after release")
+    }
+}
+
+impl<F: Flavor + 'static> std::ops::DerefMut for CtlGuard<'_, F> {
+    fn deref_mut(&mut self) -> &mut Control {
+        self.guard
+            .as_mut()
+            .expect("control guard used after release")
+    }
+}
+
+impl<F: Flavor + 'static> Drop for CtlGuard<'_, F> {
+    fn drop(&mut self) {
+        self.guard.take();
+        self.core.drain_releases();
+    }
 }
 
 #[derive(Default)]
@@ -406,6 +439,7 @@ impl<F: Flavor + 'static> Klp<F> {
             warned_idle: AtomicBool::new(false),
             held_by: Mutex::new(None),
             held_view: AtomicPtr::new(std::ptr::null_mut()),
+            releases: Mutex::new(Vec::new()),
         }));
         core.dispatch.engine = std::ptr::from_ref::<Core<F>>(core).cast();
         let core: &'static Core<F> = core;
@@ -611,8 +645,11 @@ fn node_poisoned() -> ! {
 }
 
 impl<F: Flavor + 'static> Core<F> {
-    fn lock(&self) -> MutexGuard<'_, Control> {
-        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> CtlGuard<'_, F> {
+        CtlGuard {
+            core: self,
+            guard: Some(self.ctl.lock().unwrap_or_else(|e| e.into_inner())),
+        }
     }
 
     #[cold]
@@ -747,8 +784,7 @@ impl<F: Flavor + 'static> Core<F> {
         if let Err(e) = self.enable_inner(&mut ctl, pi) {
             // §2.8: unwind; the patch was never usable.
             let rec = ctl.patches.remove(pi);
-            drop(ctl);
-            self.free_patch(rec, false);
+            self.free_patch(rec);
             return Err(e);
         }
         Ok(())
@@ -1006,7 +1042,7 @@ impl<F: Flavor + 'static> Core<F> {
         }
         self.start_transition(ctl);
         ctl.patches[pi].enabled = true;
-        self.try_complete_transition(ctl);
+        self.try_complete_transition(ctl, true);
         Ok(())
     }
 
@@ -1293,7 +1329,10 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     /// §4.4: returns whether the transition completed.
-    fn try_complete_transition(&'static self, ctl: &mut Control) -> bool {
+    /// `counted`: a synchronous attempt or a timer retry (the kernel's attempts, which
+    /// count towards signalling); attempts made early because a task switched or parked
+    /// do not count.
+    fn try_complete_transition(&'static self, ctl: &mut Control, counted: bool) -> bool {
         let Some(pi) = ctl.transition else {
             return true;
         };
@@ -1312,10 +1351,12 @@ impl<F: Flavor + 'static> Core<F> {
             complete = false;
         }
         if !complete {
-            if ctl.signals_cnt != 0 && ctl.signals_cnt % SIGNALS_TIMEOUT == 0 {
-                self.send_signals(ctl);
+            if counted {
+                if ctl.signals_cnt != 0 && ctl.signals_cnt % SIGNALS_TIMEOUT == 0 {
+                    self.send_signals(ctl);
+                }
+                ctl.signals_cnt += 1;
             }
-            ctl.signals_cnt += 1;
             self.schedule_retry();
             return false;
         }
@@ -1328,11 +1369,11 @@ impl<F: Flavor + 'static> Core<F> {
             .expect("transition patch vanished");
         if !ctl.patches[pi].enabled {
             let rec = ctl.patches.remove(pi);
-            self.free_patch(rec, true);
+            self.free_patch(rec);
         } else if ctl.patches[pi].replace {
             let old: Vec<PatchRec> = ctl.patches.drain(..pi).collect();
             for rec in old {
-                self.free_patch(rec, true);
+                self.free_patch(rec);
             }
         }
         true
@@ -1453,8 +1494,26 @@ impl<F: Flavor + 'static> Core<F> {
         }));
     }
 
-    /// §5.5: release a patch that is off the list (or was never on it).
-    fn free_patch(&self, rec: PatchRec, _async: bool) {
+    /// §5.5: a patch is off the list (or never got on it); it is released when the
+    /// control mutex is dropped.
+    fn free_patch(&self, rec: PatchRec) {
+        self.releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(rec);
+    }
+
+    /// Release the patches freed under the control mutex, which is no longer held.
+    fn drain_releases(&self) {
+        let recs = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+        for rec in recs {
+            self.release_patch(rec);
+        }
+    }
+
+    /// `klp_free_patch_finish`: the func records after a grace period, then the release
+    /// hook (the module reference) unless the patch was forced.
+    fn release_patch(&self, rec: PatchRec) {
         let nodes: Vec<*mut FuncNode> = rec
             .objects
             .iter()
@@ -1591,7 +1650,7 @@ impl<F: Flavor + 'static> Core<F> {
         }
         self.start_transition(ctl);
         ctl.patches[pi].enabled = false;
-        self.try_complete_transition(ctl);
+        self.try_complete_transition(ctl, true);
         Ok(())
     }
 
@@ -1641,11 +1700,13 @@ impl<F: Flavor + 'static> Core<F> {
 
     fn work(&'static self) {
         loop {
+            let timer;
             {
                 let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     if w.now {
                         w.now = false;
+                        timer = false;
                         break;
                     }
                     match w.retry_at {
@@ -1654,6 +1715,7 @@ impl<F: Flavor + 'static> Core<F> {
                             let now = Instant::now();
                             if now >= at {
                                 w.retry_at = None;
+                                timer = true;
                                 break;
                             }
                             w = self
@@ -1667,7 +1729,7 @@ impl<F: Flavor + 'static> Core<F> {
             }
             let mut ctl = self.lock();
             if ctl.transition.is_some() {
-                self.try_complete_transition(&mut ctl);
+                self.try_complete_transition(&mut ctl, timer);
             }
         }
     }
