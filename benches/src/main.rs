@@ -65,15 +65,34 @@ fn synchronize_us<F: Flavor + 'static>(f: &Arc<F>, readers: usize) -> f64 {
     median(&mut samples)
 }
 
-/// Median time (µs) for `k` threads to make one `synchronize` call each, all at once.
-fn concurrent_us<F: Flavor + 'static>(f: &Arc<F>, k: usize) -> f64 {
+/// Grace periods a flavor has run, where it counts them (rcu shares them between callers).
+trait GracePeriods {
+    fn grace_periods(&self) -> Option<u64> {
+        None
+    }
+}
+impl GracePeriods for Preempt {}
+impl GracePeriods for Lock {}
+impl GracePeriods for Rcu {
+    fn grace_periods(&self) -> Option<u64> {
+        Some(self.completed_grace_periods())
+    }
+}
+
+/// Median time (µs) for `k` threads to make one `synchronize` call each, all at once;
+/// and the grace periods run per call (where counted).
+fn concurrent_us<F: Flavor + GracePeriods + 'static>(f: &Arc<F>, k: usize) -> (f64, Option<f64>) {
     let busy = BusyReaders::start(f, 1);
     let calls = 100u64;
+    let gp0 = f.grace_periods();
     let mut samples: Vec<f64> = (0..REPEATS)
         .map(|_| concurrent_synchronize(f, k, calls).as_secs_f64() * 1e6 / calls as f64)
         .collect();
+    let per_call = gp0
+        .zip(f.grace_periods())
+        .map(|(a, b)| (b - a) as f64 / (REPEATS as u64 * calls * k as u64) as f64);
     drop(busy);
-    median(&mut samples)
+    (median(&mut samples), per_call)
 }
 
 struct Row {
@@ -81,18 +100,21 @@ struct Row {
     read_ns: f64,
     sync_us: [f64; 3],
     conc_us: [f64; 4],
+    /// Grace periods per call with K = 8, where counted.
+    gp_per_call: Option<f64>,
 }
 
-fn measure<F: Flavor + 'static>(f: F) -> Row {
+fn measure<F: Flavor + GracePeriods + 'static>(f: F) -> Row {
     let f = Arc::new(f);
     let read_ns = read_section_ns(&*f);
     let sync_us = [0, 1, 2].map(|r| synchronize_us(&f, r));
-    let conc_us = [1, 2, 4, 8].map(|k| concurrent_us(&f, k));
+    let conc = [1, 2, 4, 8].map(|k| concurrent_us(&f, k));
     Row {
         name: f.name(),
         read_ns,
         sync_us,
-        conc_us,
+        conc_us: conc.map(|c| c.0),
+        gp_per_call: conc[3].1,
     }
 }
 
@@ -147,6 +169,11 @@ fn main() {
         p.read_ns - floor,
         r.read_ns - floor
     );
+    if let Some(g) = r.gp_per_call {
+        println!(
+            "rcu ran {g:.2} grace periods per synchronize call at K=8 (1.00: no sharing; preempt runs one per call by design)."
+        );
+    }
     println!(
         "K = threads calling synchronize at once with one busy reader: time for each to make one call."
     );

@@ -156,3 +156,21 @@ macro_rules! klp_log {
         $log.emit($level, format_args!($($arg)+))
     };
 }
+
+/// A sink that forwards every line to the [`log`](https://docs.rs/log) facade, target
+/// `livepatch`: `Err` → error, `Warning` → warn, `Notice` and `Info` → info, `Debug` →
+/// debug. Lines keep their `livepatch: ` prefix.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogFacade;
+
+impl Sink for LogFacade {
+    fn line(&self, level: Level, line: &str) {
+        let l = match level {
+            Level::Err => ::log::Level::Error,
+            Level::Warning => ::log::Level::Warn,
+            Level::Notice | Level::Info => ::log::Level::Info,
+            Level::Debug => ::log::Level::Debug,
+        };
+        ::log::log!(target: "livepatch", l, "{line}");
+    }
+}

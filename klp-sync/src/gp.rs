@@ -37,8 +37,6 @@ struct State {
     /// (Counting sleepers instead would also count callers that were woken but have not
     /// yet run, and make a leader run grace periods for nobody.)
     want: u64,
-    /// A leader is about to start a grace period and lets other callers join it first.
-    gathering: bool,
 }
 
 /// The smallest sequence value at which a grace period that begins after now has ended.
@@ -54,11 +52,7 @@ fn lane(target: u64) -> usize {
 impl Batcher {
     pub(crate) fn new() -> Self {
         Batcher {
-            state: Mutex::new(State {
-                seq: 0,
-                want: 0,
-                gathering: false,
-            }),
+            state: Mutex::new(State { seq: 0, want: 0 }),
             served: [Condvar::new(), Condvar::new()],
         }
     }
@@ -95,22 +89,14 @@ impl Batcher {
     pub(crate) fn wait_until(&self, target: u64, run: impl Fn()) {
         let mut st = self.lock();
         while st.seq < target {
-            if st.seq & 1 == 1 || st.gathering {
+            if st.seq & 1 == 1 {
                 st.want = st.want.max(target);
                 st = self.served[lane(target)]
                     .wait(st)
                     .unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            // Nobody runs one: lead. Callers that were woken together with us may be queued
-            // behind us on this processor; yield once so that they can join the grace
-            // period we are about to start (the sequence is still even, so their target is
-            // ours) instead of each needing the next.
-            st.gathering = true;
-            drop(st);
-            crate::sync::yield_now();
-            st = self.lock();
-            st.gathering = false;
+            // Nobody runs one: lead.
             // Run it, and the next one too if callers already wait for it.
             let mut chained = false;
             loop {

@@ -36,14 +36,6 @@ pub(crate) fn spin_hint() {
     loom::thread::yield_now();
 }
 
-/// Let other runnable threads run once (a grace-period leader gathering followers).
-pub(crate) fn yield_now() {
-    #[cfg(not(klp_loom))]
-    std::thread::yield_now();
-    #[cfg(klp_loom)]
-    loom::thread::yield_now();
-}
-
 /// Give up the processor for a while: a yield, then short sleeps that grow to a bound.
 /// Only updaters call it; readers never wait.
 #[cfg(not(klp_loom))]
