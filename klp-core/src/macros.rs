@@ -31,7 +31,7 @@ macro_rules! patchable {
     };
     (@site $obj:expr; $(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        #[inline(never)]
+        #[inline]
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             type __KlpSig = fn($($ty),*) $(-> $ret)?;
             fn __klp_original($($arg: $ty),*) $(-> $ret)? $body
@@ -54,8 +54,7 @@ macro_rules! patchable {
             };
             let __klp_marker = 0u8;
             let __klp_frame = ::core::ptr::addr_of!(__klp_marker) as usize;
-            let __klp_imp = $crate::enter(&__KLP_SITE, __klp_frame);
-            let __klp_leave = $crate::LeaveGuard::new(__klp_frame);
+            let (__klp_imp, __klp_leave) = $crate::enter_guarded(&__KLP_SITE, __klp_frame);
             // SAFETY: every implementation a site hands out is the original or a
             // replacement whose type was checked against `__KlpSig` when it was enabled.
             let __klp_fn = unsafe { ::core::mem::transmute::<*const (), __KlpSig>(__klp_imp) };

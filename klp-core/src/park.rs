@@ -37,11 +37,13 @@ impl Default for ParkWord {
 
 impl ParkWord {
     /// A running thread's word.
+    #[inline]
     pub fn new() -> Self {
         ParkWord(AtomicU32::new(RUNNING))
     }
 
     /// Owner: about to block. Everything written before is visible to a claimer.
+    #[inline]
     pub fn park(&self) {
         self.0.store(PARKED, Ordering::Release);
     }
@@ -66,11 +68,13 @@ impl ParkWord {
     }
 
     /// Whether the owner is running.
+    #[inline]
     pub fn is_running(&self) -> bool {
         self.0.load(Ordering::Relaxed) == RUNNING
     }
 
     /// Claimer: hold a parked thread; `false` if it is running (or held by another).
+    #[inline]
     pub fn claim(&self) -> bool {
         self.0
             .compare_exchange(PARKED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
@@ -78,6 +82,7 @@ impl ParkWord {
     }
 
     /// Claimer: give the thread back.
+    #[inline]
     pub fn release(&self) {
         self.0.store(PARKED, Ordering::Release);
     }
@@ -119,6 +124,7 @@ pub struct RunClaim {
 
 impl RunClaim {
     /// A thread outside patchable code, unclaimed.
+    #[inline]
     pub fn new() -> Self {
         RunClaim {
             in_code: AtomicBool::new(false),
@@ -159,11 +165,13 @@ impl RunClaim {
 
     /// Worker, after the heavy barrier: whether the thread is outside patchable code (and
     /// may be switched until [`RunClaim::release`]).
+    #[inline]
     pub fn outside(&self) -> bool {
         !self.in_code.load(Ordering::Acquire)
     }
 
     /// Worker: end the claim; what it wrote before is visible to the thread's next entry.
+    #[inline]
     pub fn release(&self) {
         self.claim.store(false, Ordering::Release);
     }

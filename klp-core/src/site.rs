@@ -350,6 +350,11 @@ fn choose(site: &'static Site, task: &Task) -> *const () {
 /// address of the wrapper's frame (of a local in it). Must be paired with [`leave`].
 #[inline(always)]
 pub fn enter(site: &'static Site, frame: usize) -> *const () {
+    enter_task(site, frame).0
+}
+
+#[inline(always)]
+fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
     let task = task::current();
     let stack = task::enter_bookkeeping(task, frame);
     if stack.depth() == 0 && task.pending.load(Ordering::Relaxed) != 0 {
@@ -358,13 +363,17 @@ pub fn enter(site: &'static Site, frame: usize) -> *const () {
     let imp = choose(site, task);
     // SAFETY: owner, RUNNING (enter_bookkeeping ensured it).
     task::push(unsafe { task.own_stack() }, Activation { site, imp, frame });
-    imp
+    (imp, task)
 }
 
 /// Return from a patchable function entered with [`enter`] at `frame`.
 #[inline(always)]
 pub fn leave(frame: usize) {
-    let task = task::current();
+    leave_task(task::current(), frame);
+}
+
+#[inline(always)]
+fn leave_task(task: &Task, frame: usize) {
     let depth = task::pop(task, frame);
     if depth == 0 && task.pending.load(Ordering::Relaxed) != 0 {
         crate::core::self_switch(task);
@@ -372,23 +381,23 @@ pub fn leave(frame: usize) {
     task::irq_exit_if_needed(task);
 }
 
-/// Calls [`leave`] when dropped, so that a panic unwinding out of a patched function
-/// still pops its activation.
-pub struct LeaveGuard {
-    frame: usize,
+/// [`enter`], returning the implementation and a guard that does [`leave`] when dropped
+/// (so that a panic unwinding out of the patched function still pops its activation).
+#[inline(always)]
+pub fn enter_guarded(site: &'static Site, frame: usize) -> (*const (), LeaveGuard) {
+    let (imp, task) = enter_task(site, frame);
+    (imp, LeaveGuard { task, frame })
 }
 
-impl LeaveGuard {
-    /// Pair with an [`enter`] at `frame`.
-    #[inline(always)]
-    pub fn new(frame: usize) -> Self {
-        LeaveGuard { frame }
-    }
+/// Leaves the patchable function when dropped; see [`enter_guarded`].
+pub struct LeaveGuard {
+    task: &'static Task,
+    frame: usize,
 }
 
 impl Drop for LeaveGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        leave(self.frame);
+        leave_task(self.task, self.frame);
     }
 }

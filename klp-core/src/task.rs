@@ -75,16 +75,19 @@ impl ActStack {
     }
 
     /// Whether every frame is recorded.
+    #[inline]
     pub(crate) fn reliable(&self) -> bool {
         self.depth <= STACK_DEPTH
     }
 
+    #[inline]
     pub(crate) fn depth(&self) -> usize {
         self.depth
     }
 
     /// Forget entries at or below `frame` (deeper frames; the stack grows down): they were
     /// left without returning (longjmp, an exception, a cancelled thread's unwinding).
+    #[inline]
     fn drop_stale(&mut self, frame: usize) {
         while self.depth > 0
             && self.depth <= STACK_DEPTH
@@ -189,6 +192,9 @@ pub(crate) fn existing() -> Option<&'static Task> {
 #[cold]
 #[inline(never)]
 fn register() -> &'static Task {
+    // Decide the process's barrier mode now, so that outermost entries use the light
+    // barrier from the start (before any engine exists they would otherwise fence).
+    klp_sync::barrier_mode();
     let name = std::thread::current()
         .name()
         .unwrap_or("<unnamed>")
@@ -234,6 +240,7 @@ impl Task {
     /// 1. The caller is the owning thread, the task is RUNNING (or the caller only reads),
     ///    and the returned reference does not outlive a park.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub(crate) unsafe fn own_stack(&self) -> &mut ActStack {
         // SAFETY: clause 1: the owner is the only writer, and nobody reads while RUNNING
         // except the owner.
@@ -257,6 +264,7 @@ impl Task {
     }
 
     /// The task's state in engine `slot`.
+    #[inline]
     pub(crate) fn state(&self, slot: usize) -> i8 {
         self.states[slot].load(Ordering::Acquire)
     }
