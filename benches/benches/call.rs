@@ -60,9 +60,7 @@ fn engine<F: Flavor + 'static>(f: F) -> Klp<F> {
 }
 
 fn settle<F: Flavor + 'static>(klp: &Klp<F>) {
-    while klp.in_transition() {
-        std::thread::yield_now();
-    }
+    assert!(klp.wait_transition(Duration::from_secs(30)));
 }
 
 fn disable<F: Flavor + 'static>(klp: &Klp<F>, name: &str) {

@@ -255,6 +255,9 @@ struct Core<F: Flavor + 'static> {
     /// Patches taken off the list, released once the control mutex is dropped (the
     /// kernel's asynchronous free: a release hook may use the engine).
     releases: Mutex<Vec<PatchRec>>,
+    /// Signalled when a transition completes (for `wait_transition`).
+    idle: Mutex<()>,
+    idle_cv: Condvar,
 }
 
 /// The control mutex, held; dropping it releases the patches freed meanwhile.
@@ -440,6 +443,8 @@ impl<F: Flavor + 'static> Klp<F> {
             held_by: Mutex::new(None),
             held_view: AtomicPtr::new(std::ptr::null_mut()),
             releases: Mutex::new(Vec::new()),
+            idle: Mutex::new(()),
+            idle_cv: Condvar::new(),
         }));
         core.dispatch.engine = std::ptr::from_ref::<Core<F>>(core).cast();
         let core: &'static Core<F> = core;
@@ -507,16 +512,35 @@ impl<F: Flavor + 'static> Klp<F> {
         self.core.target.load(Ordering::Acquire) != KLP_TRANSITION_IDLE
     }
 
-    /// Wait until no transition is in progress; `false` on timeout.
+    /// Wait until no transition is in progress; `false` on timeout. The calling thread
+    /// is parked meanwhile (it is blocked), so it never holds the transition up itself.
     pub fn wait_transition(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
-        while self.in_transition() {
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        let parked = task::existing().is_some();
+        if parked {
+            park();
         }
-        true
+        let mut g = self.core.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let ok = loop {
+            if !self.in_transition() {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                break false;
+            }
+            g = self
+                .core
+                .idle_cv
+                .wait_timeout(g, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(g);
+        if parked {
+            unpark();
+        }
+        ok
     }
 
     /// `klp_get_state(patch, id)`.
@@ -1454,6 +1478,11 @@ impl<F: Flavor + 'static> Core<F> {
         );
         self.target.store(KLP_TRANSITION_IDLE, Ordering::SeqCst);
         ctl.transition = None;
+        {
+            // Under `idle`, so a waiter that saw the transition cannot miss this.
+            let _g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            self.idle_cv.notify_all();
+        }
         self.update_forbidden(ctl);
         let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
         w.retry_at = None;
