@@ -82,6 +82,11 @@ fn engine(slot: usize) -> Option<&'static dyn EngineDyn> {
     ENGINES.get(slot).and_then(|e| e.get().copied())
 }
 
+/// The engines whose slot bits are set in `mask`.
+fn engines_in(mask: u64) -> impl Iterator<Item = &'static dyn EngineDyn> {
+    bits(mask).filter_map(engine)
+}
+
 fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         if mask == 0 {
@@ -105,20 +110,16 @@ pub(crate) fn task_born(task: &Task) {
 
 /// A task's thread exited: it no longer holds any transition up.
 pub(crate) fn task_exited(task: &Task) {
-    for slot in bits(task.pending.swap(0, Ordering::AcqRel)) {
-        if let Some(e) = engine(slot) {
-            e.task_gone(task);
-        }
+    for e in engines_in(task.pending.swap(0, Ordering::AcqRel)) {
+        e.task_gone(task);
     }
 }
 
 /// The calling thread reached a switch point at depth 0 with switches pending.
 #[cold]
 pub(crate) fn self_switch(task: &Task) {
-    for slot in bits(task.pending.load(Ordering::Acquire)) {
-        if let Some(e) = engine(slot) {
-            e.self_switch(task);
-        }
+    for e in engines_in(task.pending.load(Ordering::Acquire)) {
+        e.self_switch(task);
     }
 }
 
@@ -158,16 +159,12 @@ pub(crate) fn log_everywhere(level: Level, msg: &str) {
 /// rcu flavor stops watching it. Pair with [`unpark`].
 pub fn park() {
     let task = task::current();
-    for slot in bits(task.flavor_registered.load(Ordering::Relaxed)) {
-        if let Some(e) = engine(slot) {
-            e.flavor_park();
-        }
+    for e in engines_in(task.flavor_registered.load(Ordering::Relaxed)) {
+        e.flavor_park();
     }
     task::park_task(task);
-    for slot in bits(task.pending.load(Ordering::Acquire)) {
-        if let Some(e) = engine(slot) {
-            e.wake_worker();
-        }
+    for e in engines_in(task.pending.load(Ordering::Acquire)) {
+        e.wake_worker();
     }
 }
 
@@ -175,10 +172,8 @@ pub fn park() {
 pub fn unpark() {
     let task = task::current();
     task::unpark_task(task);
-    for slot in bits(task.flavor_registered.load(Ordering::Relaxed)) {
-        if let Some(e) = engine(slot) {
-            e.flavor_unpark();
-        }
+    for e in engines_in(task.flavor_registered.load(Ordering::Relaxed)) {
+        e.flavor_unpark();
     }
 }
 
@@ -189,10 +184,8 @@ pub fn update_patch_state() {
     let task = task::current();
     let marker = 0u8;
     task::drop_stale_below(task, std::ptr::from_ref(&marker) as usize);
-    for slot in bits(task.pending.load(Ordering::Acquire)) {
-        if let Some(e) = engine(slot)
-            && e.check_own_stack(task)
-        {
+    for e in engines_in(task.pending.load(Ordering::Acquire)) {
+        if e.check_own_stack(task) {
             e.self_switch(task);
         }
     }
