@@ -1,4 +1,756 @@
 //! The C ABI of libklp (`libklp.so`, `libklp.a`, `include/klp.h`).
 //!
-//! Not written yet: the exports come with the engine. This crate will convert, check
-//! pointers, catch panics and map errors, and hold no livepatch logic.
+//! This crate converts, checks pointers, catches panics and maps errors; it holds no
+//! livepatch logic. The header `include/klp.h` is generated from it by cbindgen
+//! (`klp-ffi/cbindgen.toml`) and checked for drift by `tests/header.rs`.
+//!
+//! # Conventions of every export
+//!
+//! * It runs inside one guard built on `catch_unwind`: a panic inside the library never crosses into C; a
+//!   function returning `int` returns [`KLP_ERROR_PANIC`] instead, one returning a
+//!   pointer returns NULL, one returning `void` returns.
+//! * Pointers are checked for NULL before anything is read through them.
+//! * Errors are negative Linux errnos exactly where the kernel returns one (the control
+//!   files of `/sys/kernel/livepatch`, `klp_enable_patch`); codes of the library alone
+//!   are below -4095, out of the errno range ([`klp_strerror`] names them all).
+//! * Patch names and object names are C strings; a name that is not UTF-8 names nothing
+//!   (`-ENOENT`).
+//!
+//! # The process engine
+//!
+//! One engine serves the process. It is created at the first call that needs it (any
+//! control or thread-state call), with the flavor chosen by [`klp_set_sync`] before, or
+//! else by the environment variable `KLP_SYNC` (`preempt` or `rcu`), or else preempt.
+//! The log ([`klp_set_log_handler`]) and the shadow variables exist apart from it and do
+//! not fix the flavor.
+//!
+//! # Link line
+//!
+//! ```text
+//! cc -std=c11 prog.c -I include target/release/libklp.a -lpthread -ldl -lm
+//! cc -std=c11 prog.c -I include -L target/release -lklp -Wl,-rpath,<dir>
+//! ```
+
+use klp_core::log::{Level, Log, Sink, Stderr};
+use klp_core::shadow::Shadow;
+use klp_core::{Klp, KlpError, PatchInfo};
+use klp_sync::{Preempt, Rcu};
+use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_ulong, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::{self, NonNull};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------
+// Error codes.
+
+/// `-EINVAL`: an invalid argument.
+const EINVAL: c_int = libc::EINVAL;
+/// `-EBUSY`.
+const EBUSY: c_int = libc::EBUSY;
+/// `-ENODEV`.
+const ENODEV: c_int = libc::ENODEV;
+/// `-ENOENT`.
+const ENOENT: c_int = libc::ENOENT;
+/// `-EEXIST`.
+const EEXIST: c_int = libc::EEXIST;
+/// `-ENOMEM`.
+const ENOMEM: c_int = libc::ENOMEM;
+/// `-ETIMEDOUT`.
+const ETIMEDOUT: c_int = libc::ETIMEDOUT;
+
+/// A library error (not an errno): a panic inside libklp was caught at the boundary. The
+/// operation may have been carried out in part; the process should stop using libklp.
+pub const KLP_ERROR_PANIC: c_int = -4096;
+
+// ---------------------------------------------------------------------------------------
+// The guard.
+
+/// Run `f`, returning `on_panic` if it panics: the one guard of every export.
+///
+/// The panic's message has already gone to standard error (the panic hook).
+fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    // AssertUnwindSafe: after a panic the export returns an error and touches none of
+    // the state `f` may have left half-changed; the engine's own locks recover from
+    // poisoning.
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
+}
+
+/// The string behind a non-NULL `s`, if it is UTF-8.
+///
+/// # Safety
+///
+/// 1. `s` is NULL or points to a NUL-terminated string that stays unchanged and
+///    allocated for the call.
+unsafe fn str_arg<'a>(s: *const c_char) -> Result<&'a str, c_int> {
+    if s.is_null() {
+        return Err(-EINVAL);
+    }
+    // SAFETY: not NULL; NUL-terminated and live for the call (clause 1).
+    let s = unsafe { CStr::from_ptr(s) };
+    // Not UTF-8: no patch or object has such a name.
+    s.to_str().map_err(|_| -ENOENT)
+}
+
+fn status(r: Result<(), KlpError>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e.errno(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Version and errors.
+
+/// The version of libklp, as a static NUL-terminated string (`"0.1.0"`).
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the version has no NUL"),
+        };
+    VERSION.as_ptr()
+}
+
+/// A static description of `err`, a return value of libklp: 0, a negative errno that
+/// libklp returns, or a library code (`KLP_ERROR_*`). Anything else: `"unknown error"`.
+/// Never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_strerror(err: c_int) -> *const c_char {
+    let s: &'static CStr = match err {
+        0 => c"success",
+        e if e == -EINVAL => c"invalid argument (EINVAL)",
+        e if e == -EBUSY => c"device or resource busy (EBUSY)",
+        e if e == -ENODEV => c"no such device (ENODEV)",
+        e if e == -ENOENT => c"no such file or directory (ENOENT)",
+        e if e == -EEXIST => c"file exists (EEXIST)",
+        e if e == -ENOMEM => c"out of memory (ENOMEM)",
+        e if e == -ETIMEDOUT => c"timed out (ETIMEDOUT)",
+        KLP_ERROR_PANIC => c"internal error: a panic was caught in libklp",
+        _ => c"unknown error",
+    };
+    s.as_ptr()
+}
+
+// ---------------------------------------------------------------------------------------
+// The log.
+
+/// `pr_err`.
+pub const KLP_LOG_ERR: c_int = 3;
+/// `pr_warn` and `WARN`.
+pub const KLP_LOG_WARNING: c_int = 4;
+/// `pr_notice`.
+pub const KLP_LOG_NOTICE: c_int = 5;
+/// `pr_info`.
+pub const KLP_LOG_INFO: c_int = 6;
+/// `pr_debug`.
+pub const KLP_LOG_DEBUG: c_int = 7;
+
+/// A log handler: `level` is one of `KLP_LOG_*`, `line` one whole NUL-terminated line
+/// without its newline, valid during the call only; `data` is the pointer given to
+/// `klp_set_log_handler`. It may be called from any thread, concurrently, and must not
+/// call `klp_set_log_handler`.
+#[allow(non_camel_case_types)]
+pub type klp_log_handler_t =
+    Option<unsafe extern "C" fn(level: c_int, line: *const c_char, data: *mut c_void)>;
+
+/// The process's log, shared by the engine and the shadow variables.
+fn log() -> &'static Log {
+    static LOG: OnceLock<Log> = OnceLock::new();
+    LOG.get_or_init(Log::default)
+}
+
+/// A C pointer handed back to C, on any thread: the C side promised that is fine.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+// SAFETY: the pointer is never dereferenced by libklp, only passed back to the C
+// function registered with it, whose documentation makes thread safety the caller's.
+unsafe impl Send for UserData {}
+// SAFETY: as for Send.
+unsafe impl Sync for UserData {}
+
+struct CHandler {
+    f: unsafe extern "C" fn(level: c_int, line: *const c_char, data: *mut c_void),
+    data: UserData,
+}
+
+impl Sink for CHandler {
+    fn line(&self, level: Level, line: &str) {
+        let line = CString::new(line)
+            .unwrap_or_else(|_| CString::new(line.replace('\0', "\\0")).expect("no NUL left"));
+        // SAFETY: `klp_set_log_handler`'s clause 1: `f` may be called with a valid line
+        // and the registered `data`, from any thread.
+        unsafe { (self.f)(level as c_int, line.as_ptr(), self.data.0) };
+    }
+}
+
+/// Send every later log line of libklp to `handler(level, line, data)`; a NULL
+/// `handler` restores the default (notice and above to standard error, debug lines too
+/// when the environment variable `KLP_DEBUG` is `1`). Returns 0.
+///
+/// # Safety
+///
+/// 1. `handler`, if not NULL, may be called with `data` from any thread, concurrently,
+///    until it is replaced, and does not unwind.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_set_log_handler(
+    handler: klp_log_handler_t,
+    data: *mut c_void,
+) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        let sink: Arc<dyn Sink> = match handler {
+            Some(f) => Arc::new(CHandler {
+                f,
+                data: UserData(data),
+            }),
+            None => Arc::new(Stderr),
+        };
+        log().set_sink(sink);
+        0
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine.
+
+/// The preempt flavor (the default).
+pub const KLP_SYNC_PREEMPT: c_int = 0;
+/// The rcu flavor.
+pub const KLP_SYNC_RCU: c_int = 1;
+
+/// The process engine, of the flavor chosen at its creation.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    /// `KLP_SYNC_PREEMPT`.
+    Preempt(Klp<Preempt>),
+    /// `KLP_SYNC_RCU`.
+    Rcu(Klp<Rcu>),
+}
+
+/// Call `$method` on whichever engine `$e` is.
+macro_rules! dispatch {
+    ($e:expr, $k:ident => $call:expr) => {
+        match $e {
+            Engine::Preempt($k) => $call,
+            Engine::Rcu($k) => $call,
+        }
+    };
+}
+
+impl Engine {
+    /// `klp_enable_patch()` (for tests until the C entry point exists).
+    pub fn enable(&self, patch: klp_core::Patch) -> Result<(), KlpError> {
+        dispatch!(self, k => k.enable(patch))
+    }
+
+    /// `"preempt"` or `"rcu"`.
+    pub fn flavor_name(&self) -> &'static str {
+        match self {
+            Engine::Preempt(_) => "preempt",
+            Engine::Rcu(_) => "rcu",
+        }
+    }
+
+    /// See [`Klp::set_retry_period`].
+    pub fn set_retry_period(&self, period: Duration) {
+        dispatch!(self, k => k.set_retry_period(period))
+    }
+
+    fn patch(&self, name: &str) -> Option<PatchInfo> {
+        dispatch!(self, k => k.patch(name))
+    }
+}
+
+/// The flavor choice, and whether the engine was created (after which it is fixed).
+struct SyncChoice {
+    flavor: Option<c_int>,
+    used: bool,
+}
+
+static SYNC: Mutex<SyncChoice> = Mutex::new(SyncChoice {
+    flavor: None,
+    used: false,
+});
+
+/// The process engine, created on first use.
+#[doc(hidden)]
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let flavor = {
+            let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+            s.used = true;
+            s.flavor
+        };
+        let flavor = flavor.unwrap_or_else(|| match std::env::var("KLP_SYNC").as_deref() {
+            Ok("rcu") => KLP_SYNC_RCU,
+            Ok("preempt") | Err(std::env::VarError::NotPresent) => KLP_SYNC_PREEMPT,
+            Ok(other) => {
+                log().raw(
+                    Level::Warning,
+                    &format!("libklp: unknown KLP_SYNC '{other}', using preempt"),
+                );
+                KLP_SYNC_PREEMPT
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                log().raw(
+                    Level::Warning,
+                    "libklp: unknown KLP_SYNC (not UTF-8), using preempt",
+                );
+                KLP_SYNC_PREEMPT
+            }
+        });
+        if flavor == KLP_SYNC_RCU {
+            Engine::Rcu(Klp::with_log(Rcu::new(), log().clone()))
+        } else {
+            Engine::Preempt(Klp::with_log(Preempt::new(), log().clone()))
+        }
+    })
+}
+
+/// Choose the read-side flavor of the process engine: `KLP_SYNC_PREEMPT` (the default)
+/// or `KLP_SYNC_RCU`. Overrides the environment variable `KLP_SYNC`.
+///
+/// Returns 0, `-EINVAL` for another value, or `-EBUSY` once the engine exists (after
+/// the first control or thread-state call).
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_set_sync(flavor: c_int) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        if flavor != KLP_SYNC_PREEMPT && flavor != KLP_SYNC_RCU {
+            return -EINVAL;
+        }
+        let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+        if s.used {
+            return -EBUSY;
+        }
+        s.flavor = Some(flavor);
+        0
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Control: the files of /sys/kernel/livepatch/<patch>/.
+
+/// Look `patch` up and read one of its attributes.
+///
+/// # Safety
+///
+/// 1. As [`str_arg`] clause 1 for `patch`.
+unsafe fn with_patch(patch: *const c_char, f: impl FnOnce(&PatchInfo) -> c_int) -> c_int {
+    // SAFETY: clause 1.
+    let name = match unsafe { str_arg(patch) } {
+        Ok(n) => n,
+        Err(e) => return e,
+    };
+    match engine().patch(name) {
+        Some(info) => f(&info),
+        None => -ENOENT,
+    }
+}
+
+/// `enabled`: 1 or 0, `-ENOENT` for no such patch, `-EINVAL` for a NULL name.
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_enabled(patch: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1 is with_patch's.
+        unsafe { with_patch(patch, |i| c_int::from(i.enabled)) }
+    })
+}
+
+/// Write `enabled`: 0 disables the patch (or reverses its patching transition), any
+/// other value reverses its unpatching transition. Returns 0 or the kernel's errno:
+/// `-EINVAL` when the patch already is in that state (or for a NULL name), `-EBUSY`
+/// during another patch's transition, `-ENOENT` for no such patch.
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_set_enabled(patch: *const c_char, enabled: c_int) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { str_arg(patch) } {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        status(dispatch!(engine(), k => k.set_enabled(name, enabled != 0)))
+    })
+}
+
+/// `transition`: 1 while the patch is in transition, else 0; `-ENOENT`, `-EINVAL` as
+/// [`klp_patch_enabled`].
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_transition(patch: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1 is with_patch's.
+        unsafe { with_patch(patch, |i| c_int::from(i.transition)) }
+    })
+}
+
+/// Write 1 to `force`: complete the patch's transition now, marking every thread
+/// switched. Returns 0, `-EINVAL` when the patch is not in transition (or for a NULL
+/// name), `-ENOENT` for no such patch.
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_force(patch: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { str_arg(patch) } {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        status(dispatch!(engine(), k => k.force(name, true)))
+    })
+}
+
+/// `replace`: 1 for an atomic-replace patch, else 0; `-ENOENT`, `-EINVAL` as
+/// [`klp_patch_enabled`].
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_replace(patch: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1 is with_patch's.
+        unsafe { with_patch(patch, |i| c_int::from(i.replace)) }
+    })
+}
+
+/// `stack_order`: the patch's 1-based position among the patches in use (1 = oldest);
+/// `-ENOENT`, `-EINVAL` as [`klp_patch_enabled`].
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_stack_order(patch: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1 is with_patch's.
+        unsafe {
+            with_patch(patch, |i| {
+                c_int::try_from(i.stack_order).unwrap_or(c_int::MAX)
+            })
+        }
+    })
+}
+
+/// `<object>/patched`: 1 when the patch's object is patched, else 0. A NULL `object` is
+/// the main program (`"vmlinux"`). `-ENOENT` for no such patch or no such object of
+/// it, `-EINVAL` for a NULL patch name.
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+/// 2. `object` is NULL or a NUL-terminated string valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_patched(patch: *const c_char, object: *const c_char) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { str_arg(patch) } {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        let object = if object.is_null() {
+            "vmlinux"
+        } else {
+            // SAFETY: clause 2.
+            match unsafe { str_arg(object) } {
+                Ok(o) => o,
+                Err(e) => return e,
+            }
+        };
+        engine().patch(name).map_or(-ENOENT, |i| {
+            i.objects
+                .iter()
+                .find(|(o, _)| o == object)
+                .map_or(-ENOENT, |(_, patched)| c_int::from(*patched))
+        })
+    })
+}
+
+/// Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
+/// none is (at once when none was), `-ETIMEDOUT` when one still is. The calling thread
+/// counts as parked (blocked) meanwhile.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        if dispatch!(engine(), k => k.wait_transition(timeout)) {
+            0
+        } else {
+            -ETIMEDOUT
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Threads.
+
+/// An explicit switch point (the kernel's `klp_update_patch_state(current)`): the
+/// calling thread switches to the target of the transition in progress unless a
+/// function that the transition replaces is on its stack.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_update_patch_state() {
+    guard((), klp_core::update_patch_state);
+}
+
+/// The calling thread is about to block (sleep, wait, read): transitions may switch it
+/// from outside until [`klp_unpark`]. Calls do not nest.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_park() {
+    guard((), klp_core::park);
+}
+
+/// The calling thread runs again after [`klp_park`].
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_unpark() {
+    guard((), klp_core::unpark);
+}
+
+/// The calling thread's patch state in the process engine: -1 (no transition), 0
+/// (unpatched) or 1 (patched), or `KLP_ERROR_PANIC`.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_thread_patch_state() -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        c_int::from(dispatch!(engine(), k => k.thread_patch_state()))
+    })
+}
+
+/// A thread's kick: wakes the thread it was registered by (the kernel's fake signal).
+#[allow(non_camel_case_types)]
+pub type klp_thread_kick_t = Option<unsafe extern "C" fn(data: *mut c_void)>;
+
+/// Register `kick(data)`, called from another thread when a transition has waited for
+/// the calling thread too long, to wake it (so that it reaches a switch point). A NULL
+/// `kick` removes the calling thread's kick. Returns 0.
+///
+/// # Safety
+///
+/// 1. `kick`, if not NULL, may be called with `data` from any thread until it is
+///    replaced or the calling thread exits, and does not unwind.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_set_thread_kick(kick: klp_thread_kick_t, data: *mut c_void) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        let data = UserData(data);
+        klp_core::set_thread_kick(kick.map(|f| -> Arc<dyn Fn() + Send + Sync> {
+            Arc::new(move || {
+                let d = data;
+                // SAFETY: clause 1: `f` may be called with `data` from any thread.
+                unsafe { f(d.0) }
+            })
+        }));
+        0
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Shadow variables (kernel/livepatch/shadow.c).
+
+/// The kernel's allocation flags: accepted and ignored (libklp always allocates with
+/// the system allocator, which may block).
+#[allow(non_camel_case_types)]
+pub type gfp_t = c_uint;
+
+/// `GFP_KERNEL` (ignored).
+pub const GFP_KERNEL: gfp_t = 0x1;
+/// `GFP_ATOMIC` (ignored).
+pub const GFP_ATOMIC: gfp_t = 0x2;
+
+/// A shadow constructor: initializes the zeroed `shadow_data` of a new variable of
+/// `obj`; returns 0, or an error (the allocation then fails and attaches nothing).
+#[allow(non_camel_case_types)]
+pub type klp_shadow_ctor_t = Option<
+    unsafe extern "C" fn(
+        obj: *mut c_void,
+        shadow_data: *mut c_void,
+        ctor_data: *mut c_void,
+    ) -> c_int,
+>;
+
+/// A shadow destructor: called on a variable being freed, before its memory goes back.
+#[allow(non_camel_case_types)]
+pub type klp_shadow_dtor_t =
+    Option<unsafe extern "C" fn(obj: *mut c_void, shadow_data: *mut c_void)>;
+
+/// The process's shadow variables. Their readers use an rcu flavor of their own,
+/// whatever the engine's: freeing never waits for a grace period (the memory goes back
+/// later, on another thread), so `klp_shadow_free` may be called anywhere, also from a
+/// patched function.
+fn shadow() -> &'static Shadow<Rcu> {
+    static SHADOW: OnceLock<Shadow<Rcu>> = OnceLock::new();
+    SHADOW.get_or_init(|| Shadow::new(Arc::new(Rcu::new()), log().clone()))
+}
+
+/// The id as the store keeps it (`unsigned long` is at most 64 bits on Linux).
+#[allow(clippy::unnecessary_cast)]
+fn shadow_id(id: c_ulong) -> u64 {
+    id as u64
+}
+
+fn data_ptr(p: Option<NonNull<u8>>) -> *mut c_void {
+    p.map_or(ptr::null_mut(), |p| p.as_ptr().cast())
+}
+
+/// `klp_shadow_get`: the data of the shadow variable `<obj, id>`, or NULL.
+///
+/// `obj` is only a key, never dereferenced: any value, NULL included, is one (the
+/// kernel accepts any pointer too).
+///
+/// The data stays valid until the variable is freed: the program must make sure that
+/// no `klp_shadow_free`/`klp_shadow_free_all` of it runs while it uses the pointer (the
+/// kernel's rule: callers provide the mutual exclusion the data needs).
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_shadow_get(obj: *mut c_void, id: c_ulong) -> *mut c_void {
+    guard(ptr::null_mut(), || {
+        data_ptr(shadow().get(obj.cast_const(), shadow_id(id)))
+    })
+}
+
+/// Allocate, construct and attach: the body of `klp_shadow_alloc` and
+/// `klp_shadow_get_or_alloc`.
+///
+/// # Safety
+///
+/// 1. `ctor`, if not NULL, may be called with `obj`, the new data and `ctor_data` on
+///    the calling thread, and does not unwind.
+unsafe fn shadow_alloc(
+    obj: *mut c_void,
+    id: c_ulong,
+    size: usize,
+    ctor: klp_shadow_ctor_t,
+    ctor_data: *mut c_void,
+    exclusive: bool,
+) -> *mut c_void {
+    let mut call = ctor.map(|f| {
+        move |obj: *const c_void, data: NonNull<u8>| -> Result<(), i32> {
+            // SAFETY: clause 1; `data` is the new variable's `size` zeroed bytes.
+            let r = unsafe { f(obj.cast_mut(), data.as_ptr().cast(), ctor_data) };
+            if r == 0 { Ok(()) } else { Err(r) }
+        }
+    });
+    let ctor = call.as_mut().map(|c| -> klp_core::shadow::Ctor<'_> { c });
+    let s = shadow();
+    let id = shadow_id(id);
+    data_ptr(if exclusive {
+        s.alloc(obj.cast_const(), id, size, ctor)
+    } else {
+        s.get_or_alloc(obj.cast_const(), id, size, ctor)
+    })
+}
+
+/// `klp_shadow_alloc`: attach a new shadow variable of `size` zeroed bytes to
+/// `<obj, id>`, initialized by `ctor(obj, data, ctor_data)` when `ctor` is not NULL,
+/// before anyone else can see it. Returns its data, or NULL when `<obj, id>` exists
+/// already (with the warning `Duplicate shadow variable`; the constructor does not
+/// run), when the constructor returns non-zero, or when memory runs out.
+///
+/// `obj` is only a key (NULL is one); `gfp_flags` is ignored. The constructor runs under
+/// a lock of the store: it may call `klp_shadow_get`, but any other `klp_shadow_*` call
+/// from it fails (returns NULL or does nothing).
+///
+/// # Safety
+///
+/// 1. `ctor`, if not NULL, may be called with `obj`, the new data and `ctor_data` on
+///    the calling thread, and does not unwind.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_shadow_alloc(
+    obj: *mut c_void,
+    id: c_ulong,
+    size: usize,
+    gfp_flags: gfp_t,
+    ctor: klp_shadow_ctor_t,
+    ctor_data: *mut c_void,
+) -> *mut c_void {
+    let _ = gfp_flags;
+    guard(ptr::null_mut(), || {
+        // SAFETY: clause 1 is shadow_alloc's.
+        unsafe { shadow_alloc(obj, id, size, ctor, ctor_data, true) }
+    })
+}
+
+/// `klp_shadow_get_or_alloc`: the data of `<obj, id>` if it exists (returned as it is,
+/// without calling `ctor`), else as [`klp_shadow_alloc`]. Concurrent callers for one
+/// pair get the same variable, constructed once.
+///
+/// # Safety
+///
+/// 1. As [`klp_shadow_alloc`] clause 1.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_shadow_get_or_alloc(
+    obj: *mut c_void,
+    id: c_ulong,
+    size: usize,
+    gfp_flags: gfp_t,
+    ctor: klp_shadow_ctor_t,
+    ctor_data: *mut c_void,
+) -> *mut c_void {
+    let _ = gfp_flags;
+    guard(ptr::null_mut(), || {
+        // SAFETY: clause 1 is shadow_alloc's.
+        unsafe { shadow_alloc(obj, id, size, ctor, ctor_data, false) }
+    })
+}
+
+/// Wrap a C destructor for the store.
+///
+/// # Safety
+///
+/// 1. `f` may be called with an object key and its variable's data on the calling
+///    thread, and does not unwind.
+unsafe fn dtor_closure(
+    f: unsafe extern "C" fn(obj: *mut c_void, shadow_data: *mut c_void),
+) -> impl FnMut(*const c_void, NonNull<u8>) {
+    move |obj, data| {
+        // SAFETY: clause 1; `data` is a variable just detached, intact until reclaimed.
+        unsafe { f(obj.cast_mut(), data.as_ptr().cast()) }
+    }
+}
+
+/// `klp_shadow_free`: detach `<obj, id>`, call `dtor(obj, data)` on it when `dtor` is
+/// not NULL, and give its memory back later (after every `klp_shadow_get` that may have
+/// found it has returned). A missing pair is ignored.
+///
+/// # Safety
+///
+/// 1. `dtor`, if not NULL, may be called on the calling thread with `obj` and the
+///    variable's data, and does not unwind.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_shadow_free(obj: *mut c_void, id: c_ulong, dtor: klp_shadow_dtor_t) {
+    guard((), || {
+        // SAFETY: clause 1 is dtor_closure's.
+        let mut d = dtor.map(|f| unsafe { dtor_closure(f) });
+        let d = d.as_mut().map(|d| -> klp_core::shadow::Dtor<'_> { d });
+        shadow().free(obj.cast_const(), shadow_id(id), d);
+    });
+}
+
+/// `klp_shadow_free_all`: [`klp_shadow_free`] for every variable with `id`, atomically
+/// with respect to concurrent allocations.
+///
+/// # Safety
+///
+/// 1. `dtor`, if not NULL, may be called on the calling thread with each variable's
+///    object key and data, and does not unwind.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_shadow_free_all(id: c_ulong, dtor: klp_shadow_dtor_t) {
+    guard((), || {
+        // SAFETY: clause 1 is dtor_closure's.
+        let mut d = dtor.map(|f| unsafe { dtor_closure(f) });
+        let d = d.as_mut().map(|d| -> klp_core::shadow::Dtor<'_> { d });
+        shadow().free_all(shadow_id(id), d);
+    });
+}
