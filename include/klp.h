@@ -8,6 +8,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/* The alignment of struct klp_site (GCC, Clang). */
+#define KLP_ALIGNED(n) __attribute__((aligned(n)))
+
+struct klp_object;
+
 
 /*
  A library error (not an errno): a panic inside libklp was caught at the boundary. The
@@ -51,6 +56,26 @@
 #define KLP_SYNC_RCU 1
 
 /*
+ `obj->mod->state` of a loaded named object: running.
+ */
+#define KLP_MODULE_STATE_LIVE 0
+
+/*
+ Being loaded.
+ */
+#define KLP_MODULE_STATE_COMING 1
+
+/*
+ Being unloaded.
+ */
+#define KLP_MODULE_STATE_GOING 2
+
+/*
+ The size in bytes of the storage of a site (`struct klp_site`).
+ */
+#define KLP_SITE_BYTES 128
+
+/*
  A log handler: `level` is one of `KLP_LOG_*`, `line` one whole NUL-terminated line
  without its newline, valid during the call only; `data` is the pointer given to
  `klp_set_log_handler`. It may be called from any thread, concurrently, and must not
@@ -79,6 +104,148 @@ typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
  A shadow destructor: called on a variable being freed, before its memory goes back.
  */
 typedef void (*klp_shadow_dtor_t)(void *obj, void *shadow_data);
+
+/*
+ One replaced function. Arrays of them end with an all-zero entry.
+ */
+typedef struct klp_func {
+  /*
+   The name of the original function.
+   */
+  const char *old_name;
+  /*
+   The replacement, a function with the original's signature.
+   */
+  void *new_func;
+  /*
+   Which of several functions named `old_name` in the object (1-based, in the
+   order of their registration); 0: the name must be unique.
+   */
+  unsigned long old_sympos;
+  /*
+   Internal, reserved: zero.
+   */
+  void *klp_reserved[4];
+} klp_func;
+
+/*
+ `pre_patch`: 0, or a negative errno that refuses the object (and fails the enable).
+ */
+typedef int (*klp_pre_patch_t)(struct klp_object *obj);
+
+/*
+ `post_patch`, `pre_unpatch`, `post_unpatch`.
+ */
+typedef void (*klp_object_callback_t)(struct klp_object *obj);
+
+/*
+ The callbacks of an object, all optional. They run with libklp's control lock held,
+ on the thread that enables or disables, or on the transition's worker thread; they
+ may call [`klp_get_state`], [`klp_get_prev_state`] and [`klp_object_state`], and
+ must not enable, disable or force a patch.
+ */
+typedef struct klp_callbacks {
+  /*
+   Before the object is patched.
+   */
+  klp_pre_patch_t pre_patch;
+  /*
+   After the object is patched (at the end of the transition).
+   */
+  klp_object_callback_t post_patch;
+  /*
+   Before the object is unpatched (at the start of the unpatching transition).
+   */
+  klp_object_callback_t pre_unpatch;
+  /*
+   After the object is unpatched.
+   */
+  klp_object_callback_t post_unpatch;
+  /*
+   Internal (the kernel's): libklp keeps its own and neither reads nor writes it.
+   */
+  bool post_unpatch_enabled;
+} klp_callbacks;
+
+/*
+ One patched object: the main program (`name` NULL, `vmlinux`) or a named object.
+ Arrays of them end with an entry whose `name` and `funcs` are NULL.
+ */
+typedef struct klp_object {
+  /*
+   The object's name, NULL for the main program.
+   */
+  const char *name;
+  /*
+   The replaced functions (not NULL), ending with an all-zero entry.
+   */
+  struct klp_func *funcs;
+  /*
+   The callbacks.
+   */
+  struct klp_callbacks callbacks;
+  /*
+   Internal, reserved: zero.
+   */
+  void *klp_reserved[4];
+} klp_object;
+
+/*
+ A system state. Arrays of them end with an entry whose `id` is 0.
+ */
+typedef struct klp_state {
+  /*
+   Non-zero identifier.
+   */
+  unsigned long id;
+  /*
+   Compatibility version: a later patch may take the state over at the same or a
+   higher version.
+   */
+  unsigned int version;
+  /*
+   The program's (libklp never touches it).
+   */
+  void *data;
+} klp_state;
+
+/*
+ A livepatch.
+ */
+typedef struct klp_patch {
+  /*
+   The patch's name (the kernel's module name): unique among the patches in use.
+   */
+  const char *name;
+  /*
+   The patched objects, ending with an entry whose `name` and `funcs` are NULL.
+   */
+  struct klp_object *objs;
+  /*
+   The system states, ending with an entry whose `id` is 0; may be NULL.
+   */
+  struct klp_state *states;
+  /*
+   Atomic replace: a cumulative patch that replaces every patch before it.
+   */
+  bool replace;
+  /*
+   Internal, reserved: zero.
+   */
+  void *klp_reserved[4];
+} klp_patch;
+
+/*
+ The storage of one patchable function: opaque, static (zero-initialized) and never
+ moved. The macros of `KLP_PATCHABLE` define one per function; libklp constructs it
+ in place at registration.
+ */
+typedef struct KLP_ALIGNED(16) klp_site {
+  /*
+   Opaque: the site, once registered.
+   */
+  uint8_t opaque[KLP_SITE_BYTES];
+} klp_site;
 
 /*
  `GFP_KERNEL` (ignored).
@@ -318,8 +485,107 @@ void klp_shadow_free(void *obj, unsigned long id, klp_shadow_dtor_t dtor);
  */
 void klp_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 
+/*
+ `klp_enable_patch()`: check `patch`, resolve its functions, run the pre-patch
+ callbacks, patch, and start the patching transition (which completes in the
+ background; see `klp_wait_transition`). Returns 0 or the kernel's errno, with the
+ kernel's log lines:
+
+ * `-EINVAL`: `patch`, its name or its objects are NULL; an object's funcs are NULL;
+   a func's `old_name` or `new_func` is NULL; a name is too long or (patch or object
+   name) not UTF-8; a symbol is missing or ambiguous or its `old_sympos` out of
+   range; the patch's states are not compatible with the patches in use.
+ * `-EEXIST`: a patch of that name is in use; two objects or two funcs of one
+   object are the same.
+ * `-EBUSY`: another patch is in transition.
+ * the errno a `pre_patch` callback returned.
+
+ # Safety
+
+ 1. `patch` is NULL or points to a `struct klp_patch` whose arrays are terminated as
+    documented, with valid strings, replacement functions of the originals'
+    signatures and callbacks that may be called from any thread and do not unwind;
+    all of it stays valid and unchanged (but for `klp_state.data`) until the patch
+    has been disabled or replaced and released, or the enable failed (like a kernel
+    livepatch module's static structs).
+ */
+int klp_enable_patch(struct klp_patch *patch);
+
+/*
+ `klp_get_state(patch, id)`: the first state of `patch` with `id`, or NULL (also for
+ a NULL `patch` or id 0).
+
+ # Safety
+
+ 1. `patch` is NULL or a `struct klp_patch` whose `states` is NULL or terminated.
+ */
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id);
+
+/*
+ `klp_get_prev_state(id)`: the state `id` of the newest patch in use before the one
+ in transition (from a callback, or while a transition runs), or NULL (with the
+ kernel's warning when no transition is in progress). Only states of patches enabled
+ with [`klp_enable_patch`] are found.
+ */
+struct klp_state *klp_get_prev_state(unsigned long id);
+
+/*
+ The module state of `obj`'s object: `KLP_MODULE_STATE_LIVE` for the main program
+ (`name` NULL) and for a loaded object, `KLP_MODULE_STATE_COMING` or
+ `KLP_MODULE_STATE_GOING` while it is being loaded or unloaded; `-ENOENT` when it is
+ not loaded, `-EINVAL` for a NULL `obj` or a name that is not UTF-8.
+
+ # Safety
+
+ 1. `obj` is NULL or points to a `struct klp_object` whose `name` is NULL or a
+    NUL-terminated string, valid for the call.
+ */
+int klp_object_state(const struct klp_object *obj);
+
+/*
+ Construct the site `site` for the function `name` of the object `object` (NULL:
+ the main program, `vmlinux`), whose original implementation is `original`, and make
+ it known (the kernel's kallsyms), so that a patch can name it. Called by the
+ constructor that `KLP_PATCHABLE` defines; registering a site again does nothing.
+ Several sites of one name in one object (static functions) are told apart by
+ `old_sympos`, in the order of their registration.
+
+ Does nothing when `site`, `name` or `original` is NULL.
+
+ # Safety
+
+ 1. `site` is NULL or points to a `struct klp_site` of static storage duration that
+    is zero until this call, is never written by anyone else, and stays allocated as
+    long as the program (or its shared object) runs.
+ 2. `object` and `name` are NULL or string literals (NUL-terminated, unchanged and
+    allocated as long as the site).
+ 3. `original` is NULL or the address of a function with the signature of the
+    patchable function.
+ */
+void klp_site_register(struct klp_site *site, const char *object, const char *name, void *original);
+
+/*
+ Entry of a patchable function (used by `KLP_PATCHABLE`): returns the implementation
+ that this call runs (the original or a replacement), to be called with the
+ function's arguments, and then be followed by `klp_leave(frame)`. `frame` is the
+ address of the caller's frame (`__builtin_frame_address(0)`).
+
+ # Safety
+
+ 1. `site` points to a site registered with [`klp_site_register`].
+ */
+void *klp_enter(struct klp_site *site, void *frame);
+
+/*
+ Return from a patchable function entered with [`klp_enter`] at `frame`.
+ */
+void klp_leave(void *frame);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
 
 #endif  /* KLP_H */
+
+/* The macros that make C functions patchable (written by hand). */
+#include "klp_macros.h"

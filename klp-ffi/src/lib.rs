@@ -24,12 +24,34 @@
 //! The log ([`klp_set_log_handler`]) and the shadow variables exist apart from it and do
 //! not fix the flavor.
 //!
+//! # Patchable functions and patches
+//!
+//! A C function becomes patchable with the macros of `include/klp_macros.h` (included
+//! by `klp.h`; GNU C): `KLP_PATCHABLE`, `KLP_PATCHABLE_VOID`, `KLP_PATCHABLE_STATIC`,
+//! `KLP_PATCHABLE_STATIC_VOID`, and `KLP_OBJECT("name")` for the code of a shared
+//! object. They expand to a `struct klp_site` and calls of [`klp_site_register`],
+//! [`klp_enter`] and [`klp_leave`]. A patch is the kernel's `struct klp_patch` with its
+//! zero-terminated arrays of `struct klp_object`, `struct klp_func` and
+//! `struct klp_state`, given to [`klp_enable_patch`]; the structs must stay valid while
+//! the patch exists, like a kernel livepatch module's static structs.
+//!
 //! # Link line
 //!
 //! ```text
 //! cc -std=c11 prog.c -I include target/release/libklp.a -lpthread -ldl -lm
 //! cc -std=c11 prog.c -I include -L target/release -lklp -Wl,-rpath,<dir>
 //! ```
+
+mod patch;
+mod site;
+
+pub use patch::{
+    KLP_MODULE_STATE_COMING, KLP_MODULE_STATE_GOING, KLP_MODULE_STATE_LIVE, klp_callbacks,
+    klp_enable_patch, klp_func, klp_get_prev_state, klp_get_state, klp_object,
+    klp_object_callback_t, klp_object_state, klp_patch, klp_pre_patch_t, klp_state,
+    registered_patch,
+};
+pub use site::{KLP_SITE_BYTES, klp_enter, klp_leave, klp_site, klp_site_register};
 
 use klp_core::log::{Level, Log, Sink, Stderr};
 use klp_core::shadow::Shadow;
@@ -240,7 +262,7 @@ macro_rules! dispatch {
 }
 
 impl Engine {
-    /// `klp_enable_patch()` (for tests until the C entry point exists).
+    /// `klp_enable_patch()` of an engine patch (for tests; C uses [`klp_enable_patch`]).
     pub fn enable(&self, patch: klp_core::Patch) -> Result<(), KlpError> {
         dispatch!(self, k => k.enable(patch))
     }
@@ -260,6 +282,16 @@ impl Engine {
 
     fn patch(&self, name: &str) -> Option<PatchInfo> {
         dispatch!(self, k => k.patch(name))
+    }
+
+    /// See [`Klp::get_state`].
+    pub fn get_state(&self, patch: &str, id: u64) -> Option<Arc<klp_core::State>> {
+        dispatch!(self, k => k.get_state(patch, id))
+    }
+
+    /// See [`Klp::get_prev_state`].
+    pub fn get_prev_state(&self, id: u64) -> Option<Arc<klp_core::State>> {
+        dispatch!(self, k => k.get_prev_state(id))
     }
 }
 

@@ -1,0 +1,426 @@
+//! `struct klp_patch` and friends as C declares them, `klp_enable_patch`, the system
+//! states and the callbacks' view of their object.
+//!
+//! The C structs belong to the program: like a kernel livepatch module's static
+//! structs, they must stay valid and unchanged (but for `klp_state.data`, which is the
+//! program's) from `klp_enable_patch` until the patch is disabled or replaced and
+//! released (the program may free them once it no longer appears under that name).
+
+use crate::{EINVAL, KLP_ERROR_PANIC, engine, guard, status};
+use klp_core::{Callbacks, Func, Object, ObjectCtx, Patch};
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
+use std::ptr;
+use std::sync::Mutex;
+
+/// One replaced function. Arrays of them end with an all-zero entry.
+#[repr(C)]
+pub struct klp_func {
+    /// The name of the original function.
+    pub old_name: *const c_char,
+    /// The replacement, a function with the original's signature.
+    pub new_func: *mut c_void,
+    /// Which of several functions named `old_name` in the object (1-based, in the
+    /// order of their registration); 0: the name must be unique.
+    pub old_sympos: c_ulong,
+    /// Internal, reserved: zero.
+    pub klp_reserved: [*mut c_void; 4],
+}
+
+/// `pre_patch`: 0, or a negative errno that refuses the object (and fails the enable).
+#[allow(non_camel_case_types)]
+pub type klp_pre_patch_t = Option<unsafe extern "C" fn(obj: *mut klp_object) -> c_int>;
+
+/// `post_patch`, `pre_unpatch`, `post_unpatch`.
+#[allow(non_camel_case_types)]
+pub type klp_object_callback_t = Option<unsafe extern "C" fn(obj: *mut klp_object)>;
+
+/// The callbacks of an object, all optional. They run with libklp's control lock held,
+/// on the thread that enables or disables, or on the transition's worker thread; they
+/// may call [`klp_get_state`], [`klp_get_prev_state`] and [`klp_object_state`], and
+/// must not enable, disable or force a patch.
+#[repr(C)]
+pub struct klp_callbacks {
+    /// Before the object is patched.
+    pub pre_patch: klp_pre_patch_t,
+    /// After the object is patched (at the end of the transition).
+    pub post_patch: klp_object_callback_t,
+    /// Before the object is unpatched (at the start of the unpatching transition).
+    pub pre_unpatch: klp_object_callback_t,
+    /// After the object is unpatched.
+    pub post_unpatch: klp_object_callback_t,
+    /// Internal (the kernel's): libklp keeps its own and neither reads nor writes it.
+    pub post_unpatch_enabled: bool,
+}
+
+/// One patched object: the main program (`name` NULL, `vmlinux`) or a named object.
+/// Arrays of them end with an entry whose `name` and `funcs` are NULL.
+#[repr(C)]
+pub struct klp_object {
+    /// The object's name, NULL for the main program.
+    pub name: *const c_char,
+    /// The replaced functions (not NULL), ending with an all-zero entry.
+    pub funcs: *mut klp_func,
+    /// The callbacks.
+    pub callbacks: klp_callbacks,
+    /// Internal, reserved: zero.
+    pub klp_reserved: [*mut c_void; 4],
+}
+
+/// A system state. Arrays of them end with an entry whose `id` is 0.
+#[repr(C)]
+pub struct klp_state {
+    /// Non-zero identifier.
+    pub id: c_ulong,
+    /// Compatibility version: a later patch may take the state over at the same or a
+    /// higher version.
+    pub version: c_uint,
+    /// The program's (libklp never touches it).
+    pub data: *mut c_void,
+}
+
+/// A livepatch.
+#[repr(C)]
+pub struct klp_patch {
+    /// The patch's name (the kernel's module name): unique among the patches in use.
+    pub name: *const c_char,
+    /// The patched objects, ending with an entry whose `name` and `funcs` are NULL.
+    pub objs: *mut klp_object,
+    /// The system states, ending with an entry whose `id` is 0; may be NULL.
+    pub states: *mut klp_state,
+    /// Atomic replace: a cumulative patch that replaces every patch before it.
+    pub replace: bool,
+    /// Internal, reserved: zero.
+    pub klp_reserved: [*mut c_void; 4],
+}
+
+/// `obj->mod->state` of a loaded named object: running.
+pub const KLP_MODULE_STATE_LIVE: c_int = 0;
+/// Being loaded.
+pub const KLP_MODULE_STATE_COMING: c_int = 1;
+/// Being unloaded.
+pub const KLP_MODULE_STATE_GOING: c_int = 2;
+
+/// A C pointer that the engine's callbacks carry to other threads.
+struct CPtr<T>(*mut T);
+impl<T> Clone for CPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for CPtr<T> {}
+// SAFETY: the pointed-to structs are the program's static patch structs, which
+// klp_enable_patch's contract keeps valid and unchanged while the patch exists; they are
+// only read (or handed back to the program's callbacks, whose thread safety is the
+// program's).
+unsafe impl<T> Send for CPtr<T> {}
+// SAFETY: as for Send.
+unsafe impl<T> Sync for CPtr<T> {}
+
+/// The C patch structs of the patches in use, by name.
+fn registered<R>(f: impl FnOnce(&mut HashMap<String, usize>) -> R) -> R {
+    static REG: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+    let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(HashMap::new))
+}
+
+/// The C struct a patch in use was enabled with, if it was enabled from C.
+#[doc(hidden)]
+pub fn registered_patch(name: &str) -> *mut klp_patch {
+    registered(|reg| {
+        reg.get(name)
+            .map_or(ptr::null_mut(), |&p| p as *mut klp_patch)
+    })
+}
+
+/// One enable at a time: the engine's states get their C struct before another patch
+/// can see them through `klp_get_prev_state`.
+static ENABLE: Mutex<()> = Mutex::new(());
+
+/// A name of the C structs, as UTF-8 (`-EINVAL` when it is not).
+///
+/// # Safety
+///
+/// 1. `s` is not NULL and NUL-terminated, valid for the call.
+unsafe fn name_arg<'a>(s: *const c_char) -> Result<&'a str, c_int> {
+    // SAFETY: clause 1.
+    unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| -EINVAL)
+}
+
+/// The objects of `patch`, walked as §1.2 says.
+///
+/// # Safety
+///
+/// 1. `objs` is a valid array of objects ending with its terminator.
+unsafe fn objects(objs: *mut klp_object) -> impl Iterator<Item = *mut klp_object> {
+    (0..)
+        .map(move |i| {
+            // SAFETY: clause 1: up to and including the terminator.
+            unsafe { objs.add(i) }
+        })
+        .take_while(|&o| {
+            // SAFETY: clause 1.
+            let o = unsafe { &*o };
+            !o.funcs.is_null() || !o.name.is_null()
+        })
+}
+
+/// The funcs of an object.
+///
+/// # Safety
+///
+/// 1. `funcs` is a valid array of funcs ending with its all-zero terminator.
+unsafe fn funcs<'a>(funcs: *const klp_func) -> impl Iterator<Item = &'a klp_func> {
+    (0..)
+        .map(move |i| {
+            // SAFETY: clause 1: up to and including the terminator.
+            unsafe { &*funcs.add(i) }
+        })
+        .take_while(|f: &&klp_func| {
+            !f.old_name.is_null() || !f.new_func.is_null() || f.old_sympos != 0
+        })
+}
+
+/// The states of a patch (none for NULL).
+///
+/// # Safety
+///
+/// 1. `states` is NULL or a valid array ending with an entry whose id is 0.
+unsafe fn states(states: *mut klp_state) -> impl Iterator<Item = *mut klp_state> {
+    (0..)
+        .map_while(move |i| {
+            // SAFETY: clause 1: up to and including the terminator.
+            (!states.is_null()).then(|| unsafe { states.add(i) })
+        })
+        .take_while(|&s| {
+            // SAFETY: clause 1.
+            unsafe { (*s).id != 0 }
+        })
+}
+
+/// The callbacks of `obj`, calling the C functions with the C object.
+fn callbacks(c: &klp_callbacks, obj: *mut klp_object) -> Callbacks {
+    let obj = CPtr(obj);
+    let mut cb = Callbacks::new();
+    if let Some(f) = c.pre_patch {
+        cb = cb.pre_patch(move |_: &ObjectCtx<'_>| {
+            let o = obj;
+            // SAFETY: klp_enable_patch's clause 1: the callback may be called with its
+            // object while the patch exists.
+            match unsafe { f(o.0) } {
+                0 => Ok(()),
+                e => Err(e),
+            }
+        });
+    }
+    for (slot, f) in [(0, c.post_patch), (1, c.pre_unpatch), (2, c.post_unpatch)] {
+        let Some(f) = f else { continue };
+        let call = move |_: &ObjectCtx<'_>| {
+            let o = obj;
+            // SAFETY: as for pre_patch.
+            unsafe { f(o.0) }
+        };
+        cb = match slot {
+            0 => cb.post_patch(call),
+            1 => cb.pre_unpatch(call),
+            _ => cb.post_unpatch(call),
+        };
+    }
+    cb
+}
+
+/// The engine's patch for the C `patch`, checked as the kernel's `klp_enable_patch`
+/// steps 1 and 2 and `klp_init_func` step 1 do.
+///
+/// # Safety
+///
+/// 1. As [`klp_enable_patch`] clause 1.
+unsafe fn convert(patch: *mut klp_patch) -> Result<(Patch, String), c_int> {
+    if patch.is_null() {
+        return Err(-EINVAL);
+    }
+    // SAFETY: clause 1.
+    let p = unsafe { &*patch };
+    if p.name.is_null() || p.objs.is_null() {
+        return Err(-EINVAL);
+    }
+    // SAFETY: clause 1: a terminated array.
+    let objs: Vec<*mut klp_object> = unsafe { objects(p.objs) }.collect();
+    // SAFETY: clause 1.
+    if objs.iter().any(|&o| unsafe { (*o).funcs.is_null() }) {
+        return Err(-EINVAL);
+    }
+    // SAFETY: clause 1: not NULL.
+    let name = unsafe { name_arg(p.name) }?;
+    let mut out = Patch::new(name).replace(p.replace);
+    for &o in &objs {
+        // SAFETY: clause 1.
+        let c = unsafe { &*o };
+        let mut obj = if c.name.is_null() {
+            Object::vmlinux()
+        } else {
+            // SAFETY: clause 1: not NULL.
+            Object::named(unsafe { name_arg(c.name) }?)
+        };
+        // SAFETY: clause 1: funcs is not NULL (checked) and terminated.
+        for f in unsafe { funcs(c.funcs) } {
+            if f.old_name.is_null() {
+                return Err(-EINVAL);
+            }
+            // SAFETY: clause 1: not NULL. A name that is not UTF-8 is looked up as is
+            // (lossily): it names nothing, and the engine says so as the kernel does.
+            let old = unsafe { CStr::from_ptr(f.old_name) }.to_string_lossy();
+            #[allow(clippy::unnecessary_cast)]
+            let pos = f.old_sympos as u64;
+            obj = obj.func(Func::raw(&old, f.new_func.cast_const().cast()).sympos(pos));
+        }
+        obj = obj.callbacks(callbacks(&c.callbacks, o));
+        out = out.object(obj);
+    }
+    // SAFETY: clause 1: NULL or terminated.
+    for s in unsafe { states(p.states) } {
+        // SAFETY: clause 1.
+        let s = unsafe { &*s };
+        #[allow(clippy::unnecessary_cast)]
+        let id = s.id as u64;
+        out = out.state(id, s.version);
+    }
+    let name = name.to_owned();
+    Ok((out, name))
+}
+
+/// `klp_enable_patch()`: check `patch`, resolve its functions, run the pre-patch
+/// callbacks, patch, and start the patching transition (which completes in the
+/// background; see `klp_wait_transition`). Returns 0 or the kernel's errno, with the
+/// kernel's log lines:
+///
+/// * `-EINVAL`: `patch`, its name or its objects are NULL; an object's funcs are NULL;
+///   a func's `old_name` or `new_func` is NULL; a name is too long or (patch or object
+///   name) not UTF-8; a symbol is missing or ambiguous or its `old_sympos` out of
+///   range; the patch's states are not compatible with the patches in use.
+/// * `-EEXIST`: a patch of that name is in use; two objects or two funcs of one
+///   object are the same.
+/// * `-EBUSY`: another patch is in transition.
+/// * the errno a `pre_patch` callback returned.
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or points to a `struct klp_patch` whose arrays are terminated as
+///    documented, with valid strings, replacement functions of the originals'
+///    signatures and callbacks that may be called from any thread and do not unwind;
+///    all of it stays valid and unchanged (but for `klp_state.data`) until the patch
+///    has been disabled or replaced and released, or the enable failed (like a kernel
+///    livepatch module's static structs).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_enable_patch(patch: *mut klp_patch) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1 is convert's.
+        let (p, name) = match unsafe { convert(patch) } {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let me = patch as usize;
+        let release_name = name.clone();
+        let p = p.on_release(move || {
+            registered(|reg| {
+                if reg.get(&release_name) == Some(&me) {
+                    reg.remove(&release_name);
+                }
+            });
+        });
+        let _one = ENABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = registered(|reg| reg.insert(name.clone(), me));
+        let e = engine();
+        let r = e.enable(p);
+        if r.is_err() {
+            registered(|reg| match previous {
+                Some(prev) => {
+                    reg.insert(name, prev);
+                }
+                None => {
+                    if reg.get(&name) == Some(&me) {
+                        reg.remove(&name);
+                    }
+                }
+            });
+            return status(r);
+        }
+        // The engine's states point back to the C structs (their `data` is free: the C
+        // struct holds the program's).
+        // SAFETY: clause 1.
+        for s in unsafe { states((*patch).states) } {
+            // SAFETY: clause 1.
+            #[allow(clippy::unnecessary_cast)]
+            let id = unsafe { (*s).id } as u64;
+            if let Some(st) = e.get_state(&name, id) {
+                if st.data().is_null() {
+                    st.set_data(s.cast());
+                }
+            }
+        }
+        0
+    })
+}
+
+/// `klp_get_state(patch, id)`: the first state of `patch` with `id`, or NULL (also for
+/// a NULL `patch` or id 0).
+///
+/// # Safety
+///
+/// 1. `patch` is NULL or a `struct klp_patch` whose `states` is NULL or terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_get_state(patch: *mut klp_patch, id: c_ulong) -> *mut klp_state {
+    guard(ptr::null_mut(), || {
+        if patch.is_null() || id == 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: clause 1.
+        unsafe { states((*patch).states) }
+            // SAFETY: clause 1.
+            .find(|&s| unsafe { (*s).id } == id)
+            .unwrap_or(ptr::null_mut())
+    })
+}
+
+/// `klp_get_prev_state(id)`: the state `id` of the newest patch in use before the one
+/// in transition (from a callback, or while a transition runs), or NULL (with the
+/// kernel's warning when no transition is in progress). Only states of patches enabled
+/// with [`klp_enable_patch`] are found.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_get_prev_state(id: c_ulong) -> *mut klp_state {
+    guard(ptr::null_mut(), || {
+        #[allow(clippy::unnecessary_cast)]
+        let id = id as u64;
+        engine()
+            .get_prev_state(id)
+            .map_or(ptr::null_mut(), |s| s.data().cast())
+    })
+}
+
+/// The module state of `obj`'s object: `KLP_MODULE_STATE_LIVE` for the main program
+/// (`name` NULL) and for a loaded object, `KLP_MODULE_STATE_COMING` or
+/// `KLP_MODULE_STATE_GOING` while it is being loaded or unloaded; `-ENOENT` when it is
+/// not loaded, `-EINVAL` for a NULL `obj` or a name that is not UTF-8.
+///
+/// # Safety
+///
+/// 1. `obj` is NULL or points to a `struct klp_object` whose `name` is NULL or a
+///    NUL-terminated string, valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_state(obj: *const klp_object) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        if obj.is_null() {
+            return -EINVAL;
+        }
+        // SAFETY: clause 1.
+        let name = unsafe { (*obj).name };
+        if name.is_null() {
+            return KLP_MODULE_STATE_LIVE;
+        }
+        // SAFETY: clause 1: not NULL.
+        match unsafe { name_arg(name) } {
+            Ok(n) => klp_core::object_state(n).map_or(-crate::ENOENT, |s| s.as_raw()),
+            Err(e) => e,
+        }
+    })
+}

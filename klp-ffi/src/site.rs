@@ -1,0 +1,119 @@
+//! Patchable C functions: the storage of a site, its registration, and the call path
+//! (`klp_enter` / `klp_leave`) that the macros of `include/klp_macros.h`
+//! (`KLP_PATCHABLE` and friends) expand to.
+
+use crate::guard;
+use klp_core::Site;
+use std::ffi::{CStr, c_char, c_void};
+use std::ptr;
+
+/// The size in bytes of the storage of a site (`struct klp_site`).
+pub const KLP_SITE_BYTES: usize = 128;
+
+/// The storage of one patchable function: opaque, static (zero-initialized) and never
+/// moved. The macros of `KLP_PATCHABLE` define one per function; libklp constructs it
+/// in place at registration.
+#[repr(C, align(16))]
+pub struct klp_site {
+    /// Opaque: the site, once registered.
+    pub opaque: [u8; KLP_SITE_BYTES],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<Site>() <= KLP_SITE_BYTES);
+    assert!(std::mem::align_of::<Site>() <= 16);
+};
+
+/// A C string that lives for the rest of the process, as a `&'static str` (a copy when
+/// it is not UTF-8, leaked: registration happens once per site).
+///
+/// # Safety
+///
+/// 1. `s` is not NULL and points to a NUL-terminated string that stays unchanged and
+///    allocated as long as the site is registered.
+unsafe fn static_str(s: *const c_char) -> &'static str {
+    // SAFETY: clause 1.
+    let s: &'static CStr = unsafe { CStr::from_ptr(s) };
+    match s.to_str() {
+        Ok(s) => s,
+        Err(_) => Box::leak(s.to_string_lossy().into_owned().into_boxed_str()),
+    }
+}
+
+/// Construct the site `site` for the function `name` of the object `object` (NULL:
+/// the main program, `vmlinux`), whose original implementation is `original`, and make
+/// it known (the kernel's kallsyms), so that a patch can name it. Called by the
+/// constructor that `KLP_PATCHABLE` defines; registering a site again does nothing.
+/// Several sites of one name in one object (static functions) are told apart by
+/// `old_sympos`, in the order of their registration.
+///
+/// Does nothing when `site`, `name` or `original` is NULL.
+///
+/// # Safety
+///
+/// 1. `site` is NULL or points to a `struct klp_site` of static storage duration that
+///    is zero until this call, is never written by anyone else, and stays allocated as
+///    long as the program (or its shared object) runs.
+/// 2. `object` and `name` are NULL or string literals (NUL-terminated, unchanged and
+///    allocated as long as the site).
+/// 3. `original` is NULL or the address of a function with the signature of the
+///    patchable function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_site_register(
+    site: *mut klp_site,
+    object: *const c_char,
+    name: *const c_char,
+    original: *mut c_void,
+) {
+    guard((), || {
+        if site.is_null() || name.is_null() || original.is_null() {
+            return;
+        }
+        // SAFETY: clause 1: valid for reads of the whole storage.
+        let bytes = unsafe { &(*site).opaque };
+        if bytes.iter().any(|&b| b != 0) {
+            // Constructed already (a site's name is never NULL, so a constructed site
+            // is never all zero).
+            return;
+        }
+        // SAFETY: clause 2.
+        let object = (!object.is_null()).then(|| unsafe { static_str(object) });
+        // SAFETY: clause 2; not NULL.
+        let name = unsafe { static_str(name) };
+        let s: *mut Site = site.cast();
+        // SAFETY: clause 1: static storage, large and aligned enough (the assertions
+        // above), not constructed yet and written by no one else.
+        unsafe {
+            ptr::write(
+                s,
+                Site::new(object, name, original.cast_const().cast(), None),
+            )
+        };
+        // SAFETY: just constructed; static storage that is never moved (clause 1).
+        let s: &'static Site = unsafe { &*s };
+        s.register();
+    });
+}
+
+/// Entry of a patchable function (used by `KLP_PATCHABLE`): returns the implementation
+/// that this call runs (the original or a replacement), to be called with the
+/// function's arguments, and then be followed by `klp_leave(frame)`. `frame` is the
+/// address of the caller's frame (`__builtin_frame_address(0)`).
+///
+/// # Safety
+///
+/// 1. `site` points to a site registered with [`klp_site_register`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_enter(site: *mut klp_site, frame: *mut c_void) -> *mut c_void {
+    // SAFETY: clause 1: a constructed site of static storage.
+    let site: &'static Site = unsafe { &*site.cast::<Site>() };
+    guard(site.original().cast_mut().cast(), || {
+        klp_core::enter(site, frame as usize).cast_mut().cast()
+    })
+}
+
+/// Return from a patchable function entered with [`klp_enter`] at `frame`.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_leave(frame: *mut c_void) {
+    guard((), || klp_core::leave(frame as usize));
+}

@@ -1,0 +1,63 @@
+//! Helpers of the tests that build C programs against libklp.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/<profile>/`, holding `libklp.a` and `libklp.so` up to date.
+///
+/// `cargo test` builds only the rlib of the package's library, so this asks cargo for
+/// the C libraries of the same profile in the same target directory (a no-op when they
+/// are up to date). The test executable is `target/<profile>/deps/c_link-<hash>`.
+pub fn lib_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps/<test>")
+                .to_path_buf();
+            let target_dir = profile_dir.parent().expect("target/<profile>");
+            let profile = profile_dir.file_name().unwrap().to_str().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut cmd = Command::new(&cargo);
+            cmd.args(["build", "-p", "klp-ffi", "--lib"])
+                .current_dir(root())
+                .env("CARGO_TARGET_DIR", target_dir);
+            if profile == "release" {
+                cmd.arg("--release");
+            } else if profile != "debug" {
+                cmd.args(["--profile", profile]);
+            }
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+            assert!(
+                out.status.success(),
+                "cargo build -p klp-ffi failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for lib in ["libklp.a", "libklp.so"] {
+                assert!(
+                    profile_dir.join(lib).exists(),
+                    "{} missing",
+                    profile_dir.join(lib).display()
+                );
+            }
+            profile_dir
+        })
+        .clone()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("klp-c-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
