@@ -581,6 +581,90 @@ void *klp_enter(struct klp_site *site, void *frame);
  */
 void klp_leave(void *frame);
 
+/*
+ Forget the site `site` (the kernel's kallsyms lose a module's symbols when it is
+ unloaded): a patch enabled later no longer finds it. Called by the destructor (of
+ priority 101) that `KLP_PATCHABLE` defines, which runs after the object's
+ `klp_object_going` (a destructor of default priority), when a shared object is
+ closed or the program exits. Does nothing when `site` is NULL or not registered.
+
+ # Safety
+
+ 1. `site` is NULL or points to a `struct klp_site` of static storage duration that
+    is zero or was constructed by [`klp_site_register`].
+ 2. The site's object is not loaded (`klp_object_going` ran for it, or it is the main
+    program at exit).
+ */
+void klp_site_unregister(struct klp_site *site);
+
+/*
+ Load the object `name` (the kernel's module load): every enabled patch with an
+ object of that name is applied to it, with its callbacks and the kernel's lines
+ (`applying patch '%s' to loading module '%s'`). Its sites must be registered.
+
+ Returns 0, `-EINVAL` (`name` NULL or `vmlinux`), `-EEXIST` (loaded already) or the
+ negative errno of a patch that refused the object (its `pre_patch` failed; the
+ engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
+ object is then not loaded and its functions run their originals.
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string.
+ */
+int klp_object_load(const char *name);
+
+/*
+ Unload the object `name` (the kernel's module unload): the patches applied to it
+ are reverted (`reverting patch '%s' on unloading module '%s'`). Returns 0,
+ `-EINVAL` (`name` NULL) or `-ENOENT` (not loaded).
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string.
+ */
+int klp_object_unload(const char *name);
+
+/*
+ The object `name` of a shared object is coming: called by the constructor that
+ `KLP_OBJECT` defines (of default priority, after the registration of the object's
+ sites), when the shared object is opened. The same as [`klp_object_load`].
+
+ A constructor cannot make `dlopen` fail: when a patch refuses the object (the
+ kernel refuses to load the module), the shared object stays open but is not loaded
+ as an object, and its patchable functions run their originals. The negative errno
+ is returned and recorded ([`klp_object_refused`]; the constructor ignores it, the
+ engine has logged the refusal).
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string.
+ */
+int klp_object_coming(const char *name);
+
+/*
+ The negative errno with which a patch refused the object `name` at its last
+ `klp_object_coming` (its shared object is open, but the object is not loaded and its
+ functions run their originals); 0 when it was not refused (or never came),
+ `-EINVAL` when `name` is NULL.
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string.
+ */
+int klp_object_refused(const char *name);
+
+/*
+ The object `name` of a shared object is going: called by the destructor that
+ `KLP_OBJECT` defines (of default priority, before the unregistration of the
+ object's sites), when the shared object is closed or the program exits. The patches
+ applied to it are reverted; nothing happens when it is not loaded (refused).
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string.
+ */
+void klp_object_going(const char *name);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

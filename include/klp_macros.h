@@ -29,7 +29,17 @@
  * in one object are told apart by old_sympos, in the order of their registration.
  *
  * Registration runs as a constructor of priority 101: a patchable function must not be
- * called from a constructor of a lower priority number (0-100 are reserved anyway).
+ * called from a constructor of a lower priority number (0-100 are reserved anyway). A
+ * destructor of priority 101 unregisters each site when the program exits or its shared
+ * object is closed.
+ *
+ * A shared object with KLP_OBJECT is an object of its own (the kernel's module): opening
+ * it loads the object (patches already enabled for it are applied: "applying patch '%s'
+ * to loading module '%s'"), closing it unloads it ("reverting patch '%s' on unloading
+ * module '%s'"). When a patch refuses the object (its pre_patch fails), dlopen cannot
+ * fail as the kernel's module load does: the object stays unloaded and its patchable
+ * functions run their originals (klp_object_refused gives the errno). Objects that are not shared objects can be loaded and
+ * unloaded by hand: klp_object_load / klp_object_unload.
  */
 #ifndef KLP_MACROS_H
 #define KLP_MACROS_H
@@ -43,8 +53,20 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
 /* The object's name, NULL for the main program. */
 #define KLP__OBJECT_NAME (&klp__object_name != NULL ? klp__object_name : NULL)
 
-/* Name this object (a string literal): the sites of its code register under it. */
-#define KLP_OBJECT(name) \
+/* Name this object (a string literal): the sites of its code register under it. It is
+ * loaded (klp_object_coming: enabled patches are applied to it) by a constructor of
+ * default priority, after the registration of its sites, and unloaded
+ * (klp_object_going: the patches are reverted) by a destructor of default priority,
+ * before the unregistration of its sites (destructors of priority 101). */
+#define KLP_OBJECT(name)                                                                \
+	__attribute__((constructor)) static void klp__object_coming(void)               \
+	{                                                                               \
+		(void)klp_object_coming(klp__object_name);                              \
+	}                                                                               \
+	__attribute__((destructor)) static void klp__object_going(void)                 \
+	{                                                                               \
+		klp_object_going(klp__object_name);                                     \
+	}                                                                               \
 	__attribute__((visibility("hidden"))) const char *const klp__object_name = (name)
 
 #define KLP__DECLARE(storage, ret, name, params)                                        \
@@ -55,6 +77,10 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
 	{                                                                               \
 		klp_site_register(&name##__klp_site, KLP__OBJECT_NAME, #name,           \
 				  (void *)name##__klp_orig);                            \
+	}                                                                               \
+	__attribute__((destructor(101))) static void name##__klp_unreg(void)            \
+	{                                                                               \
+		klp_site_unregister(&name##__klp_site);                                 \
 	}
 
 #define KLP__PATCHABLE(storage, ret, name, params, args)                                \

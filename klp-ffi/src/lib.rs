@@ -35,6 +35,18 @@
 //! `struct klp_state`, given to [`klp_enable_patch`]; the structs must stay valid while
 //! the patch exists, like a kernel livepatch module's static structs.
 //!
+//! # Objects
+//!
+//! A shared object whose code says `KLP_OBJECT("name")` is an object of its own (the
+//! kernel's module): its constructor calls [`klp_object_coming`] after its sites are
+//! registered (enabled patches are applied to it), its destructor
+//! [`klp_object_going`] before they are unregistered ([`klp_site_unregister`]; the
+//! patches are reverted). A patch that refuses the object cannot make `dlopen` fail:
+//! the object stays unloaded, its functions run their originals and
+//! [`klp_object_refused`] gives the errno. Other objects are loaded and unloaded by
+//! hand: [`klp_object_load`], [`klp_object_unload`]. With `libklp.a`, a shared object
+//! may leave its klp symbols undefined when the program exports them (`-rdynamic`).
+//!
 //! # Link line
 //!
 //! ```text
@@ -51,7 +63,10 @@ pub use patch::{
     klp_object_callback_t, klp_object_state, klp_patch, klp_pre_patch_t, klp_state,
     registered_patch,
 };
-pub use site::{KLP_SITE_BYTES, klp_enter, klp_leave, klp_site, klp_site_register};
+pub use site::{
+    KLP_SITE_BYTES, klp_enter, klp_leave, klp_object_coming, klp_object_going, klp_object_load,
+    klp_object_refused, klp_object_unload, klp_site, klp_site_register, klp_site_unregister,
+};
 
 use klp_core::log::{Level, Log, Sink, Stderr};
 use klp_core::shadow::Shadow;

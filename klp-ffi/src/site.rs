@@ -4,8 +4,10 @@
 
 use crate::guard;
 use klp_core::Site;
-use std::ffi::{CStr, c_char, c_void};
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr;
+use std::sync::{Mutex, OnceLock};
 
 /// The size in bytes of the storage of a site (`struct klp_site`).
 pub const KLP_SITE_BYTES: usize = 128;
@@ -116,4 +118,156 @@ pub unsafe extern "C" fn klp_enter(site: *mut klp_site, frame: *mut c_void) -> *
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_leave(frame: *mut c_void) {
     guard((), || klp_core::leave(frame as usize));
+}
+
+/// Forget the site `site` (the kernel's kallsyms lose a module's symbols when it is
+/// unloaded): a patch enabled later no longer finds it. Called by the destructor (of
+/// priority 101) that `KLP_PATCHABLE` defines, which runs after the object's
+/// `klp_object_going` (a destructor of default priority), when a shared object is
+/// closed or the program exits. Does nothing when `site` is NULL or not registered.
+///
+/// # Safety
+///
+/// 1. `site` is NULL or points to a `struct klp_site` of static storage duration that
+///    is zero or was constructed by [`klp_site_register`].
+/// 2. The site's object is not loaded (`klp_object_going` ran for it, or it is the main
+///    program at exit).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_site_unregister(site: *mut klp_site) {
+    guard((), || {
+        if site.is_null() {
+            return;
+        }
+        // SAFETY: clause 1: valid for reads of the whole storage.
+        let bytes = unsafe { &(*site).opaque };
+        if bytes.iter().all(|&b| b == 0) {
+            // Never constructed.
+            return;
+        }
+        // SAFETY: clause 1: constructed by `klp_site_register`, static storage.
+        let s: &'static Site = unsafe { &*site.cast::<Site>() };
+        s.unregister();
+    });
+}
+
+/// Load the object `name` (the kernel's module load): every enabled patch with an
+/// object of that name is applied to it, with its callbacks and the kernel's lines
+/// (`applying patch '%s' to loading module '%s'`). Its sites must be registered.
+///
+/// Returns 0, `-EINVAL` (`name` NULL or `vmlinux`), `-EEXIST` (loaded already) or the
+/// negative errno of a patch that refused the object (its `pre_patch` failed; the
+/// engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
+/// object is then not loaded and its functions run their originals.
+///
+/// # Safety
+///
+/// 1. `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_load(name: *const c_char) -> c_int {
+    guard(crate::KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { crate::str_arg(name) } {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        match klp_core::load_object(name, || {}) {
+            Ok(()) => 0,
+            Err(e) => e.errno(),
+        }
+    })
+}
+
+/// Unload the object `name` (the kernel's module unload): the patches applied to it
+/// are reverted (`reverting patch '%s' on unloading module '%s'`). Returns 0,
+/// `-EINVAL` (`name` NULL) or `-ENOENT` (not loaded).
+///
+/// # Safety
+///
+/// 1. `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_unload(name: *const c_char) -> c_int {
+    guard(crate::KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { crate::str_arg(name) } {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        match klp_core::unload_object(name, || {}) {
+            Ok(()) => 0,
+            Err(e) => e.errno(),
+        }
+    })
+}
+
+/// The object `name` of a shared object is coming: called by the constructor that
+/// `KLP_OBJECT` defines (of default priority, after the registration of the object's
+/// sites), when the shared object is opened. The same as [`klp_object_load`].
+///
+/// A constructor cannot make `dlopen` fail: when a patch refuses the object (the
+/// kernel refuses to load the module), the shared object stays open but is not loaded
+/// as an object, and its patchable functions run their originals. The negative errno
+/// is returned and recorded ([`klp_object_refused`]; the constructor ignores it, the
+/// engine has logged the refusal).
+///
+/// # Safety
+///
+/// 1. `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_coming(name: *const c_char) -> c_int {
+    // SAFETY: clause 1.
+    let r = unsafe { klp_object_load(name) };
+    guard((), || {
+        // SAFETY: clause 1.
+        if let Ok(name) = unsafe { crate::str_arg(name) } {
+            let mut refused = refusals().lock().unwrap_or_else(|e| e.into_inner());
+            if r == 0 {
+                refused.remove(name);
+            } else if r != -crate::EEXIST && r != -crate::EINVAL {
+                refused.insert(name.to_owned(), r);
+            }
+        }
+    });
+    r
+}
+
+/// The negative errnos of the objects whose `klp_object_coming` was refused, by name.
+fn refusals() -> &'static Mutex<HashMap<String, c_int>> {
+    static REFUSED: OnceLock<Mutex<HashMap<String, c_int>>> = OnceLock::new();
+    REFUSED.get_or_init(Default::default)
+}
+
+/// The negative errno with which a patch refused the object `name` at its last
+/// `klp_object_coming` (its shared object is open, but the object is not loaded and its
+/// functions run their originals); 0 when it was not refused (or never came),
+/// `-EINVAL` when `name` is NULL.
+///
+/// # Safety
+///
+/// 1. `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_refused(name: *const c_char) -> c_int {
+    guard(crate::KLP_ERROR_PANIC, || {
+        // SAFETY: clause 1.
+        let name = match unsafe { crate::str_arg(name) } {
+            Ok(n) => n,
+            Err(e) if e == -crate::EINVAL => return e,
+            Err(_) => return 0,
+        };
+        let refused = refusals().lock().unwrap_or_else(|e| e.into_inner());
+        refused.get(name).copied().unwrap_or(0)
+    })
+}
+
+/// The object `name` of a shared object is going: called by the destructor that
+/// `KLP_OBJECT` defines (of default priority, before the unregistration of the
+/// object's sites), when the shared object is closed or the program exits. The patches
+/// applied to it are reverted; nothing happens when it is not loaded (refused).
+///
+/// # Safety
+///
+/// 1. `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_object_going(name: *const c_char) {
+    // SAFETY: clause 1.
+    let _ = unsafe { klp_object_unload(name) };
 }
