@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{lib_dir, root, scratch};
+use common::{lib_dir, root, run, scratch};
 use std::path::Path;
 use std::process::Command;
 
@@ -32,18 +32,7 @@ fn compile(out: &Path, link: &[&std::ffi::OsStr]) {
 }
 
 fn run_and_check(exe: &Path) {
-    let out = Command::new(exe)
-        .env_remove("KLP_SYNC")
-        .output()
-        .expect("run the C program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{} failed: {}\n{stdout}\n{}",
-        exe.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run(exe, &[], None);
     let expected = format!(
         "version {}
 strerror no such file or directory (ENOENT)

@@ -16,10 +16,9 @@
 
 mod common;
 
-use common::{lib_dir, root, scratch};
-use std::ffi::{OsStr, OsString};
+use common::{cc, lib_dir, root, run, scratch};
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 
 /// What the program prints: its own lines, the target's init and exit and every log
 /// line with its level (3 err, 5 notice, 7 debug). `%` lines stand for the kernel
@@ -109,35 +108,8 @@ test_klp_mod_target: test_klp_mod_target_exit
 done
 ";
 
-/// Run `cc` with `args`; panic with its output when it fails.
-fn cc(args: &[&OsStr]) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
-    let out = Command::new(&cc)
-        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cc} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn run_and_check(exe: &Path, target: &Path, sync: &str) {
-    let out = Command::new(exe)
-        .arg(target)
-        .env("KLP_SYNC", sync)
-        .output()
-        .expect("run the C program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{} failed: {}\n{stdout}\n{}",
-        exe.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run(exe, &[target.as_os_str()], Some(sync));
     assert_eq!(stdout, EXPECTED, "{} ({sync})", exe.display());
 }
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{lib_dir, root, scratch};
+use common::{cc, lib_dir, root, run, scratch};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
@@ -55,18 +55,7 @@ fn compile(out: &Path, opt: &str, link: &[&OsStr]) {
 }
 
 fn run_and_check(exe: &Path, sync: &str) {
-    let out = Command::new(exe)
-        .env("KLP_SYNC", sync)
-        .output()
-        .expect("run the C program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{} failed: {}\n{stdout}\n{}",
-        exe.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run(exe, &[], Some(sync));
     assert_eq!(stdout, EXPECTED, "{} ({sync})", exe.display());
 }
 
@@ -112,21 +101,6 @@ fn a_c_program_patches_itself_with_the_shared_library() {
     run_and_check(&exe, "preempt");
     run_and_check(&exe, "rcu");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Run `cc` with `args`; panic with its output when it fails.
-fn cc(args: &[&OsStr]) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
-    let out = Command::new(&cc)
-        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cc} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

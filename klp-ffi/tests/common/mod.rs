@@ -1,5 +1,6 @@
 //! Helpers of the tests that build C programs against libklp.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -60,4 +61,43 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Run the C compiler (`$CC`, else gcc) as GNU C11 with warnings as errors at `-O2`, then
+/// `args`; panic with its output when it fails.
+#[allow(dead_code)]
+pub fn cc(args: &[&OsStr]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
+    let out = Command::new(&cc)
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run the C program `exe` with `args`, `KLP_SYNC` set to `sync` (removed when `None`);
+/// panic with its output unless it succeeds; return its standard output.
+#[allow(dead_code)]
+pub fn run(exe: &Path, args: &[&OsStr], sync: Option<&str>) -> String {
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    match sync {
+        Some(s) => cmd.env("KLP_SYNC", s),
+        None => cmd.env_remove("KLP_SYNC"),
+    };
+    let out = cmd.output().expect("run the C program");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed: {}\n{stdout}\n{}",
+        exe.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
