@@ -376,6 +376,21 @@ int klp_object_patched(const char *patch, const char *object);
 int klp_wait_transition(unsigned int timeout_ms);
 
 /*
+ The period after which a stalled transition tries again to switch the threads it
+ waits for (the kernel's `klp_transition_work`, about a second): `period_ms`
+ milliseconds, from 1 to 60000. Returns 0 or `-EINVAL`. The default is 1000.
+ */
+int klp_set_retry_period(unsigned int period_ms);
+
+/*
+ Wait for a grace period of the process engine's flavor (the kernel's
+ `synchronize_rcu()`): every read section of the handler that was running when it was
+ called has ended (under rcu: every such section of a thread it watches). A thread
+ holds a read section only inside `klp_enter`, so any thread may call it.
+ */
+void klp_synchronize(void);
+
+/*
  An explicit switch point (the kernel's `klp_update_patch_state(current)`): the
  calling thread switches to the target of the transition in progress unless a
  function that the transition replaces is on its stack.

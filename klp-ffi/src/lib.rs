@@ -71,7 +71,7 @@ pub use site::{
 use klp_core::log::{Level, Log, Sink, Stderr};
 use klp_core::shadow::Shadow;
 use klp_core::{Klp, KlpError, PatchInfo};
-use klp_sync::{Preempt, Rcu};
+use klp_sync::{Flavor, Preempt, Rcu};
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_ulong, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{self, NonNull};
@@ -542,6 +542,29 @@ pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
             -ETIMEDOUT
         }
     })
+}
+
+/// The period after which a stalled transition tries again to switch the threads it
+/// waits for (the kernel's `klp_transition_work`, about a second): `period_ms`
+/// milliseconds, from 1 to 60000. Returns 0 or `-EINVAL`. The default is 1000.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_set_retry_period(period_ms: c_uint) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        if !(1..=60_000).contains(&period_ms) {
+            return -EINVAL;
+        }
+        engine().set_retry_period(Duration::from_millis(u64::from(period_ms)));
+        0
+    })
+}
+
+/// Wait for a grace period of the process engine's flavor (the kernel's
+/// `synchronize_rcu()`): every read section of the handler that was running when it was
+/// called has ended (under rcu: every such section of a thread it watches). A thread
+/// holds a read section only inside `klp_enter`, so any thread may call it.
+#[unsafe(no_mangle)]
+pub extern "C" fn klp_synchronize() {
+    guard((), || dispatch!(engine(), k => k.flavor().synchronize()));
 }
 
 // ---------------------------------------------------------------------------------------
