@@ -35,6 +35,16 @@
 //! `struct klp_state`, given to [`klp_enable_patch`]; the structs must stay valid while
 //! the patch exists, like a kernel livepatch module's static structs.
 //!
+//! # Patches as shared objects
+//!
+//! A patch may live in a shared object that enables it from its constructor (a
+//! livepatch module's init). [`klp_enable_patch`] takes a reference (`dlopen` with
+//! `RTLD_NOLOAD`) on every shared object that holds the patch's structs, replacement
+//! functions or callbacks, and drops it (on a thread of its own) once the patch is
+//! disabled or replaced and released: a `dlclose` by the program meanwhile does not
+//! unmap code that a thread may still run. A patch marked forced (the kernel's
+//! `patch->forced`) is never released, so its objects are never unmapped.
+//!
 //! # Objects
 //!
 //! A shared object whose code says `KLP_OBJECT("name")` is an object of its own (the

@@ -11,7 +11,7 @@ use klp_core::{Callbacks, Func, Object, ObjectCtx, Patch};
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
 
 /// One replaced function. Arrays of them end with an all-zero entry.
 #[repr(C)]
@@ -131,6 +131,124 @@ pub fn registered_patch(name: &str) -> *mut klp_patch {
         reg.get(name)
             .map_or(ptr::null_mut(), |&p| p as *mut klp_patch)
     })
+}
+
+/// The value in `m`, taken (the lock is not held afterwards).
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// References (`dlopen` handles) that keep the shared objects of a patch mapped.
+struct Pins(Vec<usize>);
+
+impl Pins {
+    /// Drop the references, on a thread of their own: `dlclose` may run the objects'
+    /// destructors and takes the loader's lock, which a thread inside `dlopen` (a patch
+    /// enabling itself from its constructor, then waiting for its transition) may hold
+    /// while it waits for the very thread that released this patch.
+    fn release(self) {
+        if self.0.is_empty() {
+            return;
+        }
+        static UNMAPPER: Mutex<Option<mpsc::Sender<Pins>>> = Mutex::new(None);
+        let mut tx = UNMAPPER.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<Pins>();
+            std::thread::Builder::new()
+                .name("klp-unmap".into())
+                .spawn(move || {
+                    for pins in rx {
+                        for h in pins.0 {
+                            // SAFETY: a handle of `dlopen` that nothing else closes.
+                            unsafe { libc::dlclose(h as *mut c_void) };
+                        }
+                    }
+                })
+                .expect("spawn the unmapping thread");
+            tx
+        });
+        // The receiver lives as long as the process (the thread never exits).
+        let _ = tx.send(self);
+    }
+}
+
+/// The start of glibc's `struct link_map` (`<link.h>`), as `dladdr1` returns it.
+#[repr(C)]
+struct LinkMap {
+    l_addr: usize,
+    l_name: *const c_char,
+}
+
+/// `RTLD_DL_LINKMAP` of `dladdr1`.
+const RTLD_DL_LINKMAP: c_int = 2;
+
+/// The loaded object that holds `addr`: its link map, or NULL.
+fn object_of(addr: *const c_void) -> *const LinkMap {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::uninit();
+    let mut map: *mut c_void = ptr::null_mut();
+    // SAFETY: dladdr1 only reads the address's mapping; both out-pointers are valid.
+    let found = unsafe { libc::dladdr1(addr, info.as_mut_ptr(), &mut map, RTLD_DL_LINKMAP) };
+    if found == 0 {
+        ptr::null()
+    } else {
+        map.cast_const().cast()
+    }
+}
+
+/// Take a reference on every shared object (not the main program, not libklp) that
+/// holds `patch`'s structs, replacement functions or callbacks: `dlopen` of a loaded
+/// object by its own name with `RTLD_NOLOAD` counts one more user, so that the program's
+/// `dlclose` does not unmap it while the patch can still run.
+///
+/// # Safety
+///
+/// 1. `patch` passed [`convert`]: its arrays are valid and terminated.
+unsafe fn pin_objects(patch: *mut klp_patch) -> Pins {
+    let mut addrs: Vec<*const c_void> = vec![patch.cast_const().cast()];
+    // SAFETY: clause 1.
+    let p = unsafe { &*patch };
+    addrs.push(p.objs.cast_const().cast());
+    // SAFETY: clause 1.
+    for o in unsafe { objects(p.objs) } {
+        // SAFETY: clause 1.
+        let o = unsafe { &*o };
+        addrs.push(o.funcs.cast_const().cast());
+        // SAFETY: clause 1.
+        addrs.extend(unsafe { funcs(o.funcs) }.map(|f| f.new_func.cast_const()));
+        let c = &o.callbacks;
+        addrs.extend(c.pre_patch.map(|f| f as *const c_void));
+        for f in [c.post_patch, c.pre_unpatch, c.post_unpatch]
+            .into_iter()
+            .flatten()
+        {
+            addrs.push(f as *const c_void);
+        }
+    }
+    let own = object_of(klp_enable_patch as *const c_void);
+    let mut maps: Vec<*const LinkMap> = Vec::new();
+    for a in addrs {
+        let m = object_of(a);
+        if !m.is_null() && m != own && !maps.contains(&m) {
+            maps.push(m);
+        }
+    }
+    let mut handles = Vec::new();
+    for m in maps {
+        // SAFETY: a link map of a loaded object, which the patch's structs keep loaded
+        // for this call (clause 1 of klp_enable_patch).
+        let name = unsafe { (*m).l_name };
+        // SAFETY: l_name is a NUL-terminated string of the loader; the main program's is
+        // empty.
+        if name.is_null() || unsafe { *name } == 0 {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name; NOLOAD finds the loaded object by that name.
+        let h = unsafe { libc::dlopen(name, libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if !h.is_null() {
+            handles.push(h as usize);
+        }
+    }
+    Pins(handles)
 }
 
 /// One enable at a time: the engine's states get their C struct before another patch
@@ -321,18 +439,30 @@ pub unsafe extern "C" fn klp_enable_patch(patch: *mut klp_patch) -> c_int {
         };
         let me = patch as usize;
         let release_name = name.clone();
+        // The shared objects holding the patch's code and structs stay mapped until the
+        // patch is released (the kernel's module reference); a forced patch is never
+        // released, so they stay mapped for good.
+        // SAFETY: clause 1: the structs are valid and terminated (convert checked them).
+        let pins = Arc::new(Mutex::new(Some(unsafe { pin_objects(patch) })));
+        let release_pins = Arc::clone(&pins);
         let p = p.on_release(move || {
             registered(|reg| {
                 if reg.get(&release_name) == Some(&me) {
                     reg.remove(&release_name);
                 }
             });
+            if let Some(pins) = take(&release_pins) {
+                pins.release();
+            }
         });
         let _one = ENABLE.lock().unwrap_or_else(|e| e.into_inner());
         let previous = registered(|reg| reg.insert(name.clone(), me));
         let e = engine();
         let r = e.enable(p);
         if r.is_err() {
+            if let Some(pins) = take(&pins) {
+                pins.release();
+            }
             registered(|reg| match previous {
                 Some(prev) => {
                     reg.insert(name, prev);
