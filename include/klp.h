@@ -371,7 +371,8 @@ int klp_object_patched(const char *patch, const char *object);
 /*
  Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
  none is (at once when none was), `-ETIMEDOUT` when one still is. The calling thread
- counts as parked (blocked) meanwhile.
+ counts as parked (blocked) meanwhile; patchable functions that it left by longjmp
+ or an exception no longer count.
  */
 int klp_wait_transition(unsigned int timeout_ms);
 
@@ -393,13 +394,17 @@ void klp_synchronize(void);
 /*
  An explicit switch point (the kernel's `klp_update_patch_state(current)`): the
  calling thread switches to the target of the transition in progress unless a
- function that the transition replaces is on its stack.
+ function that the transition replaces is on its stack. Patchable functions that the
+ caller left by longjmp or an exception no longer count.
  */
 void klp_update_patch_state(void);
 
 /*
  The calling thread is about to block (sleep, wait, read): transitions may switch it
- from outside until [`klp_unpark`]. Calls do not nest.
+ from outside until [`klp_unpark`]. Calls do not nest: parking a parked thread, or
+ unparking a running one, does nothing.
+
+ Patchable functions that the caller left by longjmp or an exception no longer count.
  */
 void klp_park(void);
 
@@ -582,19 +587,26 @@ void klp_site_register(struct klp_site *site, const char *object, const char *na
 /*
  Entry of a patchable function (used by `KLP_PATCHABLE`): returns the implementation
  that this call runs (the original or a replacement), to be called with the
- function's arguments, and then be followed by `klp_leave(frame)`. `frame` is the
- address of the caller's frame (`__builtin_frame_address(0)`).
+ function's arguments, and then be followed by `klp_leave(frame, task)`. `frame` is
+ the address of the caller's frame (`__builtin_frame_address(0)`); `*task_out`, if
+ `task_out` is not NULL, receives the calling thread's task for `klp_leave`.
 
  # Safety
 
  1. `site` points to a site registered with [`klp_site_register`].
+ 2. `task_out` is NULL or valid for a write.
  */
-void *klp_enter(struct klp_site *site, void *frame);
+void *klp_enter(struct klp_site *site, void *frame, void **task_out);
 
 /*
- Return from a patchable function entered with [`klp_enter`] at `frame`.
+ Return from a patchable function entered with [`klp_enter`] at `frame`; `task` is
+ what `klp_enter` wrote to `*task_out` on this thread, or NULL (then looked up).
+
+ # Safety
+
+ 1. `task` is NULL or the value `klp_enter` gave on the calling thread.
  */
-void klp_leave(void *frame);
+void klp_leave(void *frame, void *task);
 
 /*
  Forget the site `site` (the kernel's kallsyms lose a module's symbols when it is

@@ -46,6 +46,11 @@
 
 #if defined(__GNUC__) && !defined(__cplusplus)
 
+/* The call path, called without the PLT's extra jump (through the GOT, or directly
+ * when libklp is linked statically). */
+void *klp_enter(struct klp_site *site, void *frame, void **task_out) __attribute__((noplt));
+void klp_leave(void *frame, void *task) __attribute__((noplt));
+
 /* The name of the object the code belongs to: a weak hidden symbol, NULL (the main
  * program) unless KLP_OBJECT defines it. */
 extern const char *const klp__object_name __attribute__((weak, visibility("hidden")));
@@ -87,9 +92,11 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
 	KLP__DECLARE(storage, ret, name, params)                                        \
 	storage __attribute__((noinline)) ret name params                               \
 	{                                                                               \
-		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0)); \
+		void *klp__t;                                                           \
+		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0), \
+					 &klp__t);                                      \
 		ret klp__r = ((ret(*) params)klp__f)args;                               \
-		klp_leave(__builtin_frame_address(0));                                  \
+		klp_leave(__builtin_frame_address(0), klp__t);                          \
 		return klp__r;                                                          \
 	}                                                                               \
 	static ret name##__klp_orig params
@@ -98,9 +105,11 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
 	KLP__DECLARE(storage, void, name, params)                                       \
 	storage __attribute__((noinline)) void name params                              \
 	{                                                                               \
-		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0)); \
+		void *klp__t;                                                           \
+		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0), \
+					 &klp__t);                                      \
 		((void (*) params)klp__f)args;                                          \
-		klp_leave(__builtin_frame_address(0));                                  \
+		klp_leave(__builtin_frame_address(0), klp__t);                          \
 	}                                                                               \
 	static void name##__klp_orig params
 

@@ -158,7 +158,28 @@ pub(crate) fn log_everywhere(level: Level, msg: &str) {
 /// code bookkeeping. While parked, transitions check and switch it from outside, and the
 /// rcu flavor stops watching it. Pair with [`unpark`].
 pub fn park() {
+    park_task_of(task::current());
+}
+
+/// Forget the calling thread's activations of patchable functions whose wrapper frames
+/// lie at or below `frame`: the caller knows them left without returning (longjmp, an
+/// exception) because its own live frames are all above `frame`. The C exports that
+/// are switch points call it with their caller's stack pointer.
+pub fn forget_frames_below(frame: usize) {
     let task = task::current();
+    // A parked thread's stack may be in a checker's hands; it forgets at unpark's next
+    // switch point instead.
+    if !task.is_parked() {
+        task::drop_stale_below(task, frame);
+    }
+}
+
+fn park_task_of(task: &task::Task) {
+    if task.is_parked() {
+        // Parked already (calls do not nest): parking again must not overwrite the state
+        // of a checker that holds the thread.
+        return;
+    }
     for e in engines_in(task.flavor_registered.load(Ordering::Relaxed)) {
         e.flavor_park();
     }
@@ -171,6 +192,9 @@ pub fn park() {
 /// The calling thread runs again after [`park`].
 pub fn unpark() {
     let task = task::current();
+    if !task.is_parked() {
+        return;
+    }
     task::unpark_task(task);
     for e in engines_in(task.flavor_registered.load(Ordering::Relaxed)) {
         e.flavor_unpark();
@@ -181,9 +205,13 @@ pub fn unpark() {
 /// the target of every transition that waits for it, provided none of the functions that
 /// transition replaces is on its activation stack.
 pub fn update_patch_state() {
-    let task = task::current();
     let marker = 0u8;
-    task::drop_stale_below(task, std::ptr::from_ref(&marker) as usize);
+    update_patch_state_at(std::ptr::from_ref(&marker) as usize);
+}
+
+fn update_patch_state_at(frame: usize) {
+    let task = task::current();
+    task::drop_stale_below(task, frame);
     for e in engines_in(task.pending.load(Ordering::Acquire)) {
         if e.check_own_stack(task) {
             e.self_switch(task);
@@ -878,7 +906,9 @@ impl<F: Flavor + 'static> Core<F> {
                     "object name '{n}' is empty or too long"
                 )));
             }
-            if !seen_objs.insert(o.name.clone()) {
+            // The kernel's sysfs directory names: an object named "vmlinux" collides
+            // with the main program's.
+            if !seen_objs.insert(o.display()) {
                 return Err(KlpError::Exists(format!(
                     "object '{}' twice in patch '{}'",
                     o.display(),
@@ -1218,14 +1248,20 @@ impl<F: Flavor + 'static> Core<F> {
             target_name(target)
         );
         self.update_forbidden(ctl);
-        let mut n = 0;
-        for t in task::tasks().iter() {
-            if t.states[self.slot].load(Ordering::SeqCst) != target {
-                t.pending.fetch_or(self.bit, Ordering::SeqCst);
-                n += 1;
-            }
+        // The count is stored before any task is flagged: a flagged task may switch
+        // itself at once, and its decrement must find its own count there (else the
+        // last switch would not see zero and the transition would wait for the timer).
+        // Under the task list's lock, no task is born or exits meanwhile.
+        let all = task::tasks();
+        let flag: Vec<&Arc<Task>> = all
+            .iter()
+            .filter(|t| t.states[self.slot].load(Ordering::SeqCst) != target)
+            .collect();
+        self.pending.store(flag.len(), Ordering::SeqCst);
+        for t in flag {
+            t.pending.fetch_or(self.bit, Ordering::SeqCst);
         }
-        self.pending.store(n, Ordering::SeqCst);
+        drop(all);
         ctl.signals_cnt = 0;
     }
 
@@ -1290,8 +1326,14 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     fn switch(&self, t: &Task, target: i8) {
-        if t.pending.fetch_and(!self.bit, Ordering::AcqRel) & self.bit != 0 {
-            self.pending_done();
+        // The last switch wakes the worker even here, inside an attempt: the attempt may
+        // already have seen another task still running that has switched itself since
+        // (its own decrement did not find the count at one), and would otherwise wait
+        // for the timer.
+        if t.pending.fetch_and(!self.bit, Ordering::AcqRel) & self.bit != 0
+            && self.pending_done() == 1
+        {
+            self.wake_worker();
         }
         t.states[self.slot].store(target, Ordering::Release);
     }
@@ -1713,11 +1755,13 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     fn wake_worker(&self) {
+        // Always: a thread may switch (or park) during the synchronous attempt of an
+        // enable, before the retry is scheduled; the attempt it asks for must not be
+        // lost until the next timer retry. An attempt without a transition does nothing,
+        // and completing a transition clears the request.
         let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if w.retry_at.is_some() {
-            w.now = true;
-            self.worker_wake.notify_all();
-        }
+        w.now = true;
+        self.worker_wake.notify_all();
     }
 
     fn work(&'static self) {

@@ -46,15 +46,16 @@ mod site;
 mod task;
 
 pub use crate::core::{
-    FuncNode, KSYM_NAME_LEN, Klp, MODULE_NAME_LEN, PatchInfo, SIGNALS_TIMEOUT, TaskInfo, park,
-    set_thread_kick, unpark, update_patch_state,
+    FuncNode, KSYM_NAME_LEN, Klp, MODULE_NAME_LEN, PatchInfo, SIGNALS_TIMEOUT, TaskInfo,
+    forget_frames_below, park, set_thread_kick, unpark, update_patch_state,
 };
 pub use error::KlpError;
 pub use patch::{Callback, Callbacks, Func, Object, ObjectCtx, Patch, PatchFn, PrePatch, State};
 pub use site::{
-    Code, LeaveGuard, ModuleState, ObjectError, Site, enter, enter_guarded, leave, libc_errno,
-    load_object, object_state, unload_object,
+    Code, LeaveGuard, ModuleState, ObjectError, Site, enter, enter_guarded, enter_task, leave,
+    leave_task, libc_errno, load_object, object_state, unload_object,
 };
 pub use task::{
-    KLP_TRANSITION_IDLE, KLP_TRANSITION_PATCHED, KLP_TRANSITION_UNPATCHED, MAX_ENGINES, STACK_DEPTH,
+    KLP_TRANSITION_IDLE, KLP_TRANSITION_PATCHED, KLP_TRANSITION_UNPATCHED, MAX_ENGINES,
+    STACK_DEPTH, Task,
 };

@@ -353,8 +353,10 @@ pub fn enter(site: &'static Site, frame: usize) -> *const () {
     enter_task(site, frame).0
 }
 
+/// [`enter`], also returning the calling thread's task, to be given back to
+/// [`leave_task`] (which then needs no thread-local lookup).
 #[inline(always)]
-fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
+pub fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
     let task = task::current();
     let stack = task::enter_bookkeeping(task, frame);
     if stack.depth() == 0 && task.pending.load(Ordering::Relaxed) != 0 {
@@ -372,8 +374,9 @@ pub fn leave(frame: usize) {
     leave_task(task::current(), frame);
 }
 
+/// [`leave`] for the `task` that [`enter_task`] returned on this thread.
 #[inline(always)]
-fn leave_task(task: &Task, frame: usize) {
+pub fn leave_task(task: &Task, frame: usize) {
     let depth = task::pop(task, frame);
     if depth == 0 && task.pending.load(Ordering::Relaxed) != 0 {
         crate::core::self_switch(task);

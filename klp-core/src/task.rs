@@ -23,7 +23,7 @@
 //! a parked thread and calls a patchable function takes the task back to RUNNING for its
 //! duration (like `rcu_irq_enter`) and parks it again on the way out.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI8, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -146,35 +146,33 @@ pub(crate) fn tasks() -> MutexGuard<'static, Vec<Arc<Task>>> {
     TASKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-thread_local! {
-    static CURRENT: Cell<*const Task> = const { Cell::new(std::ptr::null()) };
-    static OWNER: TaskOwner = const { TaskOwner };
-}
+// The calling thread's task: initial-exec TLS (two instructions, also in libklp.so).
+klp_sync::fast_thread_ptr!(CurrentTask: Task, "klp_core_tls_task");
 
-struct TaskOwner;
+/// Removes the task when its thread exits.
+static OWNER: klp_sync::ExitHook = klp_sync::ExitHook::new(task_exit);
 
-impl Drop for TaskOwner {
-    fn drop(&mut self) {
-        let p = CURRENT.with(|c| c.replace(std::ptr::null()));
-        if p.is_null() {
-            return;
-        }
-        let mut all = tasks();
-        if let Some(i) = all.iter().position(|t| std::ptr::eq(Arc::as_ptr(t), p)) {
-            let t = all.swap_remove(i);
-            t.exited.store(1, Ordering::Release);
-            drop(all);
-            crate::core::task_exited(&t);
-        }
+fn task_exit() {
+    let p = CurrentTask::get();
+    if p.is_null() {
+        return;
+    }
+    CurrentTask::set(std::ptr::null());
+    let mut all = tasks();
+    if let Some(i) = all.iter().position(|t| std::ptr::eq(Arc::as_ptr(t), p)) {
+        let t = all.swap_remove(i);
+        t.exited.store(1, Ordering::Release);
+        drop(all);
+        crate::core::task_exited(&t);
     }
 }
 
 /// The calling thread's task, registering it on first use.
 #[inline(always)]
 pub(crate) fn current() -> &'static Task {
-    let p = CURRENT.with(Cell::get);
-    // SAFETY: a non-null CURRENT points to a task kept alive by TASKS until this thread's
-    // destructor removes it, which also clears CURRENT first.
+    let p = CurrentTask::get();
+    // SAFETY: a non-null current task points to a task kept alive by TASKS until this thread's
+    // destructor removes it, which also clears the pointer first.
     match unsafe { p.as_ref() } {
         Some(t) => t,
         None => register(),
@@ -184,9 +182,25 @@ pub(crate) fn current() -> &'static Task {
 /// The calling thread's task if it has one.
 #[inline]
 pub(crate) fn existing() -> Option<&'static Task> {
-    let p = CURRENT.with(Cell::get);
+    let p = CurrentTask::get();
     // SAFETY: as in `current`.
     unsafe { p.as_ref() }
+}
+
+/// The calling thread's name as the system knows it (what `ps` shows: a Rust thread's
+/// name cut to 15 bytes), read without `std::thread::current()`, whose first call on a
+/// thread that Rust did not start registers a destructor under the loader's lock.
+fn thread_name() -> String {
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer is valid for its length; the call writes a NUL-terminated name.
+    let r = unsafe {
+        libc::pthread_getname_np(libc::pthread_self(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    if r != 0 || len == 0 {
+        return "<unnamed>".to_owned();
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 #[cold]
@@ -195,10 +209,7 @@ fn register() -> &'static Task {
     // Decide the process's barrier mode now, so that outermost entries use the light
     // barrier from the start (before any engine exists they would otherwise fence).
     klp_sync::barrier_mode();
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("<unnamed>")
-        .to_owned();
+    let name = thread_name();
     let task = Arc::new(Task {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         name,
@@ -223,10 +234,11 @@ fn register() -> &'static Task {
         crate::core::task_born(&task);
         all.push(task);
     }
-    CURRENT.with(|c| c.set(p));
-    // If this thread is past its thread-local destructors the task simply stays (and never
-    // delays a transition: it is never pending again once it is at the target).
-    let _ = OWNER.try_with(|_| ());
+    CurrentTask::set(p);
+    // Removed at thread exit: a POSIX key's destructor, which takes no loader lock (a
+    // Rust thread-local destructor's registration does: a thread's first patchable call
+    // would wait for another thread inside dlopen).
+    OWNER.arm();
     // SAFETY: the Arc just pushed into TASKS keeps the task alive until this thread's
     // destructor removes it.
     unsafe { &*p }

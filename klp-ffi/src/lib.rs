@@ -116,6 +116,7 @@ pub const KLP_ERROR_PANIC: c_int = -4096;
 /// Run `f`, returning `on_panic` if it panics: the one guard of every export.
 ///
 /// The panic's message has already gone to standard error (the panic hook).
+#[inline(always)]
 fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
     // AssertUnwindSafe: after a panic the export returns an error and touches none of
     // the state `f` may have left half-changed; the engine's own locks recover from
@@ -428,9 +429,37 @@ pub unsafe extern "C" fn klp_patch_enabled(patch: *const c_char) -> c_int {
 /// # Safety
 ///
 /// 1. `patch` is NULL or a NUL-terminated string valid for the call.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub unsafe extern "C" fn klp_patch_set_enabled(patch: *const c_char, enabled: c_int) -> c_int {
+    // The caller's stack pointer, for the thread's own switch (see `forget_left_frames`).
+    std::arch::naked_asm!("lea rdx, [rsp + 8]", "jmp {f}", f = sym set_enabled_sp)
+}
+
+/// See the x86-64 version.
+///
+/// cbindgen:ignore
+///
+/// # Safety
+///
+/// As the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn klp_patch_set_enabled(patch: *const c_char, enabled: c_int) -> c_int {
+    let marker = 0u8;
+    // SAFETY: the caller's contract.
+    unsafe { set_enabled_sp(patch, enabled, std::ptr::from_ref(&marker) as usize) }
+}
+
+/// [`klp_patch_set_enabled`] with its caller's stack pointer.
+///
+/// # Safety
+///
+/// 1. As [`klp_patch_set_enabled`] clause 1.
+unsafe extern "C" fn set_enabled_sp(patch: *const c_char, enabled: c_int, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        forget_left_frames(sp);
         // SAFETY: clause 1.
         let name = match unsafe { str_arg(patch) } {
             Ok(n) => n,
@@ -541,10 +570,28 @@ pub unsafe extern "C" fn klp_object_patched(patch: *const c_char, object: *const
 
 /// Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
 /// none is (at once when none was), `-ETIMEDOUT` when one still is. The calling thread
-/// counts as parked (blocked) meanwhile.
+/// counts as parked (blocked) meanwhile; patchable functions that it left by longjmp
+/// or an exception no longer count.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
+    std::arch::naked_asm!("lea rsi, [rsp + 8]", "jmp {f}", f = sym wait_transition_sp)
+}
+
+/// See the x86-64 version.
+///
+/// cbindgen:ignore
+#[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
+    let marker = 0u8;
+    wait_transition_sp(timeout_ms, std::ptr::from_ref(&marker) as usize)
+}
+
+extern "C" fn wait_transition_sp(timeout_ms: c_uint, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        forget_left_frames(sp);
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         if dispatch!(engine(), k => k.wait_transition(timeout)) {
             0
@@ -580,19 +627,80 @@ pub extern "C" fn klp_synchronize() {
 // ---------------------------------------------------------------------------------------
 // Threads.
 
+// The caller's frame.
+//
+// A patchable function left without returning (longjmp, a C++ exception, unwinding)
+// leaves its entry on the thread's activation stack until something proves it gone: an
+// entry whose wrapper frame lies below the live part of the stack. The exports that are
+// switch points, that park, or that switch the calling thread directly find that bound
+// exactly: on x86-64 they are naked trampolines that pass the caller's stack pointer
+// before the call (`rsp + 8` at entry, above the return address) to the real function,
+// and jump to it. Every live frame of the caller's lies above it; a wrapper that was
+// left from the caller (or from a function it called) lay below it. Elsewhere the bound
+// is a local of the export's own frame, which misses the wrappers left just below the
+// caller's (they are forgotten at the thread's next patchable call).
+
+/// Forget the activation entries of patchable functions left below `sp`, the caller's
+/// stack pointer at the call of an export.
+pub(crate) fn forget_left_frames(sp: usize) {
+    klp_core::forget_frames_below(sp.saturating_sub(1));
+}
+
 /// An explicit switch point (the kernel's `klp_update_patch_state(current)`): the
 /// calling thread switches to the target of the transition in progress unless a
-/// function that the transition replaces is on its stack.
+/// function that the transition replaces is on its stack. Patchable functions that the
+/// caller left by longjmp or an exception no longer count.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub extern "C" fn klp_update_patch_state() {
+    std::arch::naked_asm!("lea rdi, [rsp + 8]", "jmp {f}", f = sym update_patch_state_sp)
+}
+
+/// See the x86-64 version.
+///
+/// cbindgen:ignore
+#[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_update_patch_state() {
-    guard((), klp_core::update_patch_state);
+    let marker = 0u8;
+    update_patch_state_sp(std::ptr::from_ref(&marker) as usize);
+}
+
+extern "C" fn update_patch_state_sp(sp: usize) {
+    guard((), || {
+        forget_left_frames(sp);
+        klp_core::update_patch_state();
+    });
 }
 
 /// The calling thread is about to block (sleep, wait, read): transitions may switch it
-/// from outside until [`klp_unpark`]. Calls do not nest.
+/// from outside until [`klp_unpark`]. Calls do not nest: parking a parked thread, or
+/// unparking a running one, does nothing.
+///
+/// Patchable functions that the caller left by longjmp or an exception no longer count.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub extern "C" fn klp_park() {
+    std::arch::naked_asm!("lea rdi, [rsp + 8]", "jmp {f}", f = sym park_sp)
+}
+
+/// See the x86-64 version.
+///
+/// cbindgen:ignore
+#[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_park() {
-    guard((), klp_core::park);
+    let marker = 0u8;
+    park_sp(std::ptr::from_ref(&marker) as usize);
+}
+
+extern "C" fn park_sp(sp: usize) {
+    guard((), || {
+        forget_left_frames(sp);
+        klp_core::park();
+    });
 }
 
 /// The calling thread runs again after [`klp_park`].

@@ -118,8 +118,10 @@ unsafe impl<T> Send for CPtr<T> {}
 unsafe impl<T> Sync for CPtr<T> {}
 
 /// The C patch structs of the patches in use, by name.
-fn registered<R>(f: impl FnOnce(&mut HashMap<String, usize>) -> R) -> R {
-    static REG: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+/// Each entry is the struct's address and the number of the enable that registered it
+/// (the same struct may be enabled again before the release of its previous use).
+fn registered<R>(f: impl FnOnce(&mut HashMap<String, (usize, u64)>) -> R) -> R {
+    static REG: Mutex<Option<HashMap<String, (usize, u64)>>> = Mutex::new(None);
     let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(HashMap::new))
 }
@@ -129,7 +131,7 @@ fn registered<R>(f: impl FnOnce(&mut HashMap<String, usize>) -> R) -> R {
 pub fn registered_patch(name: &str) -> *mut klp_patch {
     registered(|reg| {
         reg.get(name)
-            .map_or(ptr::null_mut(), |&p| p as *mut klp_patch)
+            .map_or(ptr::null_mut(), |&(p, _)| p as *mut klp_patch)
     })
 }
 
@@ -429,15 +431,47 @@ unsafe fn convert(patch: *mut klp_patch) -> Result<(Patch, String), c_int> {
 ///    all of it stays valid and unchanged (but for `klp_state.data`) until the patch
 ///    has been disabled or replaced and released, or the enable failed (like a kernel
 ///    livepatch module's static structs).
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub unsafe extern "C" fn klp_enable_patch(patch: *mut klp_patch) -> c_int {
+    // The caller's stack pointer, for the thread's own switch (see `forget_left_frames`).
+    std::arch::naked_asm!("lea rsi, [rsp + 8]", "jmp {f}", f = sym enable_patch_sp)
+}
+
+/// See the x86-64 version.
+///
+/// cbindgen:ignore
+///
+/// # Safety
+///
+/// As the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn klp_enable_patch(patch: *mut klp_patch) -> c_int {
+    let marker = 0u8;
+    // SAFETY: the caller's contract.
+    unsafe { enable_patch_sp(patch, std::ptr::from_ref(&marker) as usize) }
+}
+
+/// [`klp_enable_patch`] with its caller's stack pointer.
+///
+/// # Safety
+///
+/// 1. As [`klp_enable_patch`] clause 1.
+unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        crate::forget_left_frames(sp);
         // SAFETY: clause 1 is convert's.
         let (p, name) = match unsafe { convert(patch) } {
             Ok(p) => p,
             Err(e) => return e,
         };
-        let me = patch as usize;
+        static ENABLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let me = (
+            patch as usize,
+            ENABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
         let release_name = name.clone();
         // The shared objects holding the patch's code and structs stay mapped until the
         // patch is released (the kernel's module reference); a forced patch is never

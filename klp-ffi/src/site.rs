@@ -99,25 +99,47 @@ pub unsafe extern "C" fn klp_site_register(
 
 /// Entry of a patchable function (used by `KLP_PATCHABLE`): returns the implementation
 /// that this call runs (the original or a replacement), to be called with the
-/// function's arguments, and then be followed by `klp_leave(frame)`. `frame` is the
-/// address of the caller's frame (`__builtin_frame_address(0)`).
+/// function's arguments, and then be followed by `klp_leave(frame, task)`. `frame` is
+/// the address of the caller's frame (`__builtin_frame_address(0)`); `*task_out`, if
+/// `task_out` is not NULL, receives the calling thread's task for `klp_leave`.
 ///
 /// # Safety
 ///
 /// 1. `site` points to a site registered with [`klp_site_register`].
+/// 2. `task_out` is NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn klp_enter(site: *mut klp_site, frame: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn klp_enter(
+    site: *mut klp_site,
+    frame: *mut c_void,
+    task_out: *mut *mut c_void,
+) -> *mut c_void {
     // SAFETY: clause 1: a constructed site of static storage.
     let site: &'static Site = unsafe { &*site.cast::<Site>() };
     guard(site.original().cast_mut().cast(), || {
-        klp_core::enter(site, frame as usize).cast_mut().cast()
+        let (imp, task) = klp_core::enter_task(site, frame as usize);
+        if !task_out.is_null() {
+            // SAFETY: clause 2.
+            unsafe { *task_out = ptr::from_ref(task).cast_mut().cast() };
+        }
+        imp.cast_mut().cast()
     })
 }
 
-/// Return from a patchable function entered with [`klp_enter`] at `frame`.
+/// Return from a patchable function entered with [`klp_enter`] at `frame`; `task` is
+/// what `klp_enter` wrote to `*task_out` on this thread, or NULL (then looked up).
+///
+/// # Safety
+///
+/// 1. `task` is NULL or the value `klp_enter` gave on the calling thread.
 #[unsafe(no_mangle)]
-pub extern "C" fn klp_leave(frame: *mut c_void) {
-    guard((), || klp_core::leave(frame as usize));
+pub unsafe extern "C" fn klp_leave(frame: *mut c_void, task: *mut c_void) {
+    guard((), || {
+        // SAFETY: clause 1: the calling thread's task, alive while the thread runs.
+        match unsafe { task.cast::<klp_core::Task>().as_ref() } {
+            Some(t) => klp_core::leave_task(t, frame as usize),
+            None => klp_core::leave(frame as usize),
+        }
+    });
 }
 
 /// Forget the site `site` (the kernel's kallsyms lose a module's symbols when it is

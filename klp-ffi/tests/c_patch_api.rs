@@ -385,10 +385,20 @@ fn call_site(site: *mut klp_site, x: u32) -> u32 {
     let frame = (&raw const marker).cast_mut().cast::<c_void>();
     // SAFETY: a registered site whose implementations have this signature.
     unsafe {
-        let f = klp_enter(site, frame);
+        let mut task = std::ptr::null_mut();
+        let f = klp_enter(site, frame, &mut task);
+        assert!(!task.is_null());
         let f: extern "C" fn(u32) -> u32 = std::mem::transmute(f);
         let r = f(x);
-        klp_leave(frame);
+        // Every other call looks the task up again.
+        klp_leave(
+            frame,
+            if x % 2 == 0 {
+                task
+            } else {
+                std::ptr::null_mut()
+            },
+        );
         std::hint::black_box(&marker);
         r
     }

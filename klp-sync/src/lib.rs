@@ -46,6 +46,7 @@ mod gp;
 mod os;
 mod reader;
 mod sync;
+mod tls;
 
 #[cfg(not(klp_loom))]
 mod local;
@@ -67,6 +68,7 @@ pub use preempt::Preempt;
 #[cfg(not(klp_loom))]
 pub use rcu::{GpCookie, Rcu, ThreadRegistration};
 pub use reader::SlotToken;
+pub use tls::ExitHook;
 
 #[cfg(klp_loom)]
 #[doc(hidden)]

@@ -6,36 +6,31 @@
 
 use crate::reader::{Registry, Slot};
 use crate::sync::{Ordering, fence};
-use std::cell::Cell;
 
 /// The registry of every thread of the process that ever entered a read section.
 pub(crate) static REGISTRY: Registry = Registry::new();
 
-thread_local! {
-    /// Fast-path pointer; no destructor, so access needs no state check.
-    static SLOT: Cell<*const Slot> = const { Cell::new(std::ptr::null()) };
-    /// Owns the slot; its destructor gives the slot back when the thread exits.
-    static OWNER: SlotOwner = const { SlotOwner };
-}
+// Fast-path pointer: initial-exec TLS, no destructor, so access needs no state check.
+crate::fast_thread_ptr!(ThreadSlot: Slot, "klp_sync_tls_slot");
 
-struct SlotOwner;
+/// Gives the slot back when the thread exits.
+static OWNER: crate::ExitHook = crate::ExitHook::new(release_slot);
 
-impl Drop for SlotOwner {
-    fn drop(&mut self) {
-        let _blocked = crate::os::SignalsBlocked::new();
-        let p = SLOT.with(|s| s.replace(std::ptr::null()));
-        // SAFETY: a non-null SLOT always points to a slot of the static registry.
-        if let Some(slot) = unsafe { p.as_ref() } {
-            REGISTRY.release(slot);
-        }
+fn release_slot() {
+    let _blocked = crate::os::SignalsBlocked::new();
+    let p = ThreadSlot::get();
+    ThreadSlot::set(std::ptr::null());
+    // SAFETY: a non-null thread slot always points to a slot of the static registry.
+    if let Some(slot) = unsafe { p.as_ref() } {
+        REGISTRY.release(slot);
     }
 }
 
 /// The calling thread's slot, claimed on first use.
 #[inline(always)]
 pub(crate) fn current() -> &'static Slot {
-    let p = SLOT.with(Cell::get);
-    // SAFETY: a non-null SLOT points into the never-freed static registry.
+    let p = ThreadSlot::get();
+    // SAFETY: a non-null thread slot points into the never-freed static registry.
     match unsafe { p.as_ref() } {
         Some(slot) => slot,
         None => claim(),
@@ -45,7 +40,7 @@ pub(crate) fn current() -> &'static Slot {
 /// The calling thread's slot if it has one.
 #[inline]
 pub(crate) fn existing() -> Option<&'static Slot> {
-    let p = SLOT.with(Cell::get);
+    let p = ThreadSlot::get();
     // SAFETY: as in `current`.
     unsafe { p.as_ref() }
 }
@@ -59,11 +54,10 @@ fn claim() -> &'static Slot {
         return slot;
     }
     let slot = REGISTRY.claim();
-    SLOT.with(|s| s.set(slot));
-    // Register the destructor. After the thread's destructors have run (a destructor of
-    // another thread-local entering a read section) this fails; the slot then stays
-    // claimed forever: correct, one slot lost per such thread.
-    let _ = OWNER.try_with(|_| ());
+    ThreadSlot::set(slot);
+    // Give it back at thread exit (armed during the thread's exit, the hook runs again
+    // after the current round of destructors).
+    OWNER.arm();
     slot
 }
 
