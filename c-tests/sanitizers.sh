@@ -43,4 +43,62 @@ check patch_self c-tests/patch_self.c gnu11
 check object_main c-tests/object_main.c gnu11 -rdynamic -- "$out/libtarget_mod.so"
 check patch_so_main c-tests/patch_so_main.c gnu11 -rdynamic -- "$out/patch_mod.so" release
 check patch_so_main c-tests/patch_so_main.c gnu11 -rdynamic -- "$out/patch_mod.so" forced
+# Leaving patchable functions without returning, each switch point; cancellation; bad
+# input on every export.
+for sp in call update park; do
+  check longjmp c-tests/longjmp.c gnu11 -- "$sp"
+done
+check cancel c-tests/cancel.c gnu11
+check bad_input c-tests/bad_input.c gnu11
+
+# A C++ exception through patchable C functions: the C half with -fexceptions, the
+# program with g++.
+cxx=${CXX:-g++}
+for mode in asan valgrind; do
+  san=()
+  exe="$out/cxx_exception"
+  if [ $mode = asan ]; then
+    san=(-fsanitize=address -fno-omit-frame-pointer)
+    exe="$out/cxx_exception.asan"
+  fi
+  "$cc" -std=gnu11 -Wall -Wextra -Werror -g -fexceptions "${san[@]}" -I include \
+    -c c-tests/cxx_exception_lib.c -o "$exe.lib.o"
+  "$cxx" -Wall -Wextra -Werror -g "${san[@]}" -I include c-tests/cxx_exception.cpp \
+    "$exe.lib.o" "$lib" -lpthread -ldl -lm -o "$exe"
+  for sp in call update park; do
+    if [ $mode = asan ]; then
+      echo "+ cxx_exception $sp under AddressSanitizer"
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$exe" "$sp" > "$exe.out"
+    else
+      echo "+ cxx_exception $sp under valgrind memcheck"
+      valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+        --show-possibly-lost=no "$exe" "$sp" > "$exe.valgrind.out"
+    fi
+  done
+done
+
+# The kernel's selftests (c-tests/selftests), every case under preempt: the modules
+# leave their klp symbols to the driver (-rdynamic), which links libklp.a.
+st=c-tests/selftests
+mkdir -p "$out/selftests"
+for m in "$st"/test_modules/*.c; do
+  name=$(basename "$m" .c)
+  "$cc" -std=gnu11 -Wall -Wextra -Werror -g -fPIC -shared -I include -I "$st" \
+    -DKBUILD_MODNAME="\"$name\"" "$m" -o "$out/selftests/$name.so"
+done
+driver=("$st"/vmlinux.c "$st"/functions.c "$st"/test-*.c)
+"$cc" -std=gnu11 -Wall -Wextra -Werror -g -fsanitize=address -fno-omit-frame-pointer \
+  -I include -I "$st" "${driver[@]}" "$lib" -rdynamic -lpthread -ldl -lm \
+  -o "$out/selftests/selftests.asan"
+"$cc" -std=gnu11 -Wall -Wextra -Werror -g -I include -I "$st" "${driver[@]}" "$lib" \
+  -rdynamic -lpthread -ldl -lm -o "$out/selftests/selftests"
+for f in "$st"/expected/*.log; do
+  case=$(basename "$f" .log)
+  echo "+ selftest $case under AddressSanitizer and valgrind memcheck"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$out/selftests/selftests.asan" "$case" \
+    "$out/selftests" > "$out/selftests/$case.asan.out"
+  valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+    --show-possibly-lost=no "$out/selftests/selftests" "$case" "$out/selftests" \
+    > "$out/selftests/$case.valgrind.out"
+done
 echo "sanitizers: 0 errors"
