@@ -54,7 +54,8 @@ check bad_input c-tests/bad_input.c gnu11
 # A C++ exception through patchable C functions: the C half with -fexceptions, the
 # program with g++.
 cxx=${CXX:-g++}
-for mode in asan valgrind; do
+command -v "$cxx" > /dev/null || echo "SKIPPED: no C++ compiler ($cxx) for cxx_exception"
+command -v "$cxx" > /dev/null && for mode in asan valgrind; do
   san=()
   exe="$out/cxx_exception"
   if [ $mode = asan ]; then
