@@ -1411,7 +1411,7 @@ impl<F: Flavor + 'static> Core<F> {
         }
         if !complete {
             if counted {
-                if ctl.signals_cnt != 0 && ctl.signals_cnt % SIGNALS_TIMEOUT == 0 {
+                if ctl.signals_cnt != 0 && ctl.signals_cnt.is_multiple_of(SIGNALS_TIMEOUT) {
                     self.send_signals(ctl);
                 }
                 ctl.signals_cnt += 1;

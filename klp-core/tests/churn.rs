@@ -101,10 +101,10 @@ fn churn<F: Flavor + 'static>(flavor: F, want_transitions: u64) -> Outcome {
                     let (fu, gu) = churn_f(0);
                     let e1 = FORCE_EPOCH.load(Ordering::SeqCst);
                     n += 1;
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         calls.fetch_add(64, Ordering::Relaxed);
                     }
-                    if e0 == e1 && e0 % 2 == 0 {
+                    if e0 == e1 && e0.is_multiple_of(2) {
                         checked.fetch_add(1, Ordering::Relaxed);
                         if fu != gu {
                             violations.fetch_add(1, Ordering::Relaxed);

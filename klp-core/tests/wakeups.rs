@@ -43,7 +43,7 @@ fn transitions_complete_without_the_timer<F: Flavor + 'static>(
                     acc = acc.wrapping_add(target(n));
                     update_patch_state();
                     n += 1;
-                    if n % (200 + 100 * i) == 0 {
+                    if n.is_multiple_of(200 + 100 * i) {
                         park();
                         std::thread::sleep(Duration::from_micros(50));
                         unpark();

@@ -516,10 +516,10 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
             // SAFETY: clause 1.
             #[allow(clippy::unnecessary_cast)]
             let id = unsafe { (*s).id } as u64;
-            if let Some(st) = e.get_state(&name, id) {
-                if st.data().is_null() {
-                    st.set_data(s.cast());
-                }
+            if let Some(st) = e.get_state(&name, id)
+                && st.data().is_null()
+            {
+                st.set_data(s.cast());
             }
         }
         0

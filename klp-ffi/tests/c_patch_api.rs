@@ -393,7 +393,7 @@ fn call_site(site: *mut klp_site, x: u32) -> u32 {
         // Every other call looks the task up again.
         klp_leave(
             frame,
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 task
             } else {
                 std::ptr::null_mut()

@@ -40,7 +40,7 @@ pub(super) struct Header {
 }
 
 const DATA_OFFSET: usize = size_of::<Header>();
-const _: () = assert!(DATA_OFFSET % DATA_ALIGN == 0 && align_of::<Header>() == DATA_ALIGN);
+const _: () = assert!(DATA_OFFSET.is_multiple_of(DATA_ALIGN) && align_of::<Header>() == DATA_ALIGN);
 
 fn layout(size: usize) -> Option<Layout> {
     Layout::from_size_align(DATA_OFFSET.checked_add(size)?, DATA_ALIGN).ok()
