@@ -507,6 +507,11 @@ static void objects(void)
 	EXPECT(klp_object_load("vmlinux"), EINVAL_);
 	CHECK(log_count(KLP_LOG_ERR, "vmlinux.ko: invalid module name") == 1);
 	EXPECT(klp_object_load(NOT_UTF8), ENOENT_);
+	/* Names no patch could give: empty, MODULE_NAME_LEN (56) bytes. */
+	EXPECT(klp_object_load(""), EINVAL_);
+	EXPECT(klp_object_load("a234567890123456789012345678901234567890123456789012345x"),
+	       EINVAL_);
+	EXPECT(klp_object_state(&(struct klp_object){ .name = "" }), ENOENT_);
 	EXPECT(klp_object_unload(NULL), EINVAL_);
 	EXPECT(klp_object_unload("libbad"), ENOENT_);
 	EXPECT(klp_object_unload(NOT_UTF8), ENOENT_);

@@ -18,7 +18,7 @@ struct klp_object;
  A library error (not an errno): a panic inside libklp was caught at the boundary. The
  operation may have been carried out in part; the process should stop using libklp.
  */
-#define KLP_ERROR_PANIC -4096
+#define KLP_ERROR_PANIC (-4096)
 
 /*
  `pr_err`.
@@ -629,7 +629,9 @@ void klp_site_unregister(struct klp_site *site);
  object of that name is applied to it, with its callbacks and the kernel's lines
  (`applying patch '%s' to loading module '%s'`). Its sites must be registered.
 
- Returns 0, `-EINVAL` (`name` NULL or `vmlinux`), `-EEXIST` (loaded already) or the
+ Returns 0, `-EINVAL` (`name` NULL, empty, `MODULE_NAME_LEN` (56) bytes or longer,
+ or `vmlinux`), `-ENOENT` (not UTF-8: no patch can name it), `-EEXIST` (loaded
+ already) or the
  negative errno of a patch that refused the object (its `pre_patch` failed; the
  engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
  object is then not loaded and its functions run their originals.

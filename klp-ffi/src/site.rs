@@ -176,7 +176,9 @@ pub unsafe extern "C" fn klp_site_unregister(site: *mut klp_site) {
 /// object of that name is applied to it, with its callbacks and the kernel's lines
 /// (`applying patch '%s' to loading module '%s'`). Its sites must be registered.
 ///
-/// Returns 0, `-EINVAL` (`name` NULL or `vmlinux`), `-EEXIST` (loaded already) or the
+/// Returns 0, `-EINVAL` (`name` NULL, empty, `MODULE_NAME_LEN` (56) bytes or longer,
+/// or `vmlinux`), `-ENOENT` (not UTF-8: no patch can name it), `-EEXIST` (loaded
+/// already) or the
 /// negative errno of a patch that refused the object (its `pre_patch` failed; the
 /// engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
 /// object is then not loaded and its functions run their originals.
@@ -192,6 +194,10 @@ pub unsafe extern "C" fn klp_object_load(name: *const c_char) -> c_int {
             Ok(n) => n,
             Err(e) => return e,
         };
+        // A name that no patch could give (the kernel's module names are short too).
+        if name.is_empty() || name.len() >= klp_core::MODULE_NAME_LEN {
+            return -crate::EINVAL;
+        }
         match klp_core::load_object(name, || {}) {
             Ok(()) => 0,
             Err(e) => e.errno(),
