@@ -49,6 +49,7 @@ for sp in call update park; do
   check longjmp c-tests/longjmp.c gnu11 -- "$sp"
 done
 check cancel c-tests/cancel.c gnu11
+check altstack c-tests/altstack.c gnu11
 check bad_input c-tests/bad_input.c gnu11
 
 # A C++ exception through patchable C functions: the C half with -fexceptions, the

@@ -85,17 +85,45 @@ impl ActStack {
         self.depth
     }
 
+    /// The wrapper frame of the top entry, if it is recorded.
+    #[inline(always)]
+    fn top_frame(&self) -> Option<usize> {
+        (self.depth > 0 && self.depth <= STACK_DEPTH).then(|| self.entries[self.depth - 1].frame)
+    }
+
     /// Forget entries at or below `frame` (deeper frames; the stack grows down): they were
     /// left without returning (longjmp, an exception, a cancelled thread's unwinding).
-    #[inline]
+    #[inline(always)]
     fn drop_stale(&mut self, frame: usize) {
-        while self.depth > 0
-            && self.depth <= STACK_DEPTH
-            && self.entries[self.depth - 1].frame <= frame
-        {
+        if self.top_frame().is_some_and(|f| f <= frame) {
+            self.drop_stale_slow(frame);
+        }
+    }
+
+    /// Addresses compare only within one stack: on an alternate signal stack, only the
+    /// entries recorded on that stack can be proven left; the thread's own stack may lie
+    /// anywhere relative to it.
+    #[cold]
+    #[inline(never)]
+    fn drop_stale_slow(&mut self, frame: usize) {
+        let within = alternate_stack_in_use();
+        while let Some(f) = self.top_frame() {
+            if f > frame || within.is_some_and(|(lo, hi)| f < lo || f >= hi) {
+                break;
+            }
             self.depth -= 1;
         }
     }
+}
+
+/// The bounds of the alternate signal stack when the calling thread runs on it.
+fn alternate_stack_in_use() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed stack_t is a valid out-parameter; a NULL new stack only queries.
+    let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::sigaltstack(std::ptr::null(), &mut ss) };
+    (r == 0 && ss.ss_flags & libc::SS_ONSTACK != 0)
+        .then(|| (ss.ss_sp as usize, ss.ss_sp as usize + ss.ss_size))
 }
 
 /// A thread, as livepatch sees it.
@@ -378,7 +406,10 @@ pub(crate) fn pop(task: &Task, frame: usize) -> usize {
     if stack.depth > STACK_DEPTH {
         stack.depth -= 1;
     } else {
-        // Our own entry and anything deeper that was left without returning.
+        // Our own entry, then anything deeper that was left without returning.
+        if stack.top_frame() == Some(frame) {
+            stack.depth -= 1;
+        }
         stack.drop_stale(frame);
     }
     if stack.depth == 0 {

@@ -1,7 +1,9 @@
 //! Leaving patchable C functions without returning: `c-tests/longjmp.c` (longjmp out of
 //! them, nested too), `c-tests/cxx_exception.cpp` with `c-tests/cxx_exception_lib.c` (a
 //! C++ exception through them; the C built with `-fexceptions`, the program with g++ or
-//! `$CXX`) and `c-tests/cancel.c` (pthread_cancel inside them). Each is built against
+//! `$CXX`) and `c-tests/cancel.c` (pthread_cancel inside them); `c-tests/altstack.c`:
+//! a switch point in a signal handler on an alternate stack above the thread's frames
+//! forgets none of them. Each is built against
 //! `libklp.a` and run under preempt and rcu; it checks that the thread still switches
 //! and that the transition completes, and that a thread really inside holds it up.
 //!
@@ -146,6 +148,14 @@ fn a_cxx_exception_through_patchable_functions_then_parking_lets_the_thread_swit
 fn a_cancelled_thread_does_not_hold_a_transition_up() {
     let dir = scratch("cancel");
     let exe = build_c(&dir, "cancel");
+    run_both(&exe, None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_switch_point_on_an_alternate_signal_stack_keeps_the_live_frames() {
+    let dir = scratch("altstack");
+    let exe = build_c(&dir, "altstack");
     run_both(&exe, None);
     let _ = std::fs::remove_dir_all(&dir);
 }
