@@ -647,15 +647,7 @@ unsafe fn choose_for<F: Flavor + 'static>(
     if func.transition.load(Ordering::Acquire) {
         let state = task.states[core.slot].load(Ordering::Acquire);
         if state == KLP_TRANSITION_IDLE {
-            if !core.warned_idle.swap(true, Ordering::Relaxed) {
-                core.log.emit(
-                    Level::Warning,
-                    format_args!(
-                        "WARNING: task {} in transition with no patch state",
-                        task.describe()
-                    ),
-                );
-            }
+            core.warn_idle(task);
         } else if state == KLP_TRANSITION_UNPATCHED {
             // SAFETY: as for `top`.
             match unsafe { func.next.load(Ordering::Acquire).as_ref() } {
@@ -698,6 +690,7 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     #[cold]
+    #[inline(never)]
     fn register_flavor(&self, task: &Task) {
         if task.is_current() {
             self.flavor.register_current_thread();
@@ -705,7 +698,23 @@ impl<F: Flavor + 'static> Core<F> {
         }
     }
 
+    /// The kernel's WARN_ON_ONCE of a task in transition without a patch state.
     #[cold]
+    #[inline(never)]
+    fn warn_idle(&self, task: &Task) {
+        if !self.warned_idle.swap(true, Ordering::Relaxed) {
+            self.log.emit(
+                Level::Warning,
+                format_args!(
+                    "WARNING: task {} in transition with no patch state",
+                    task.describe()
+                ),
+            );
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
     fn report_not_watching(&self, task: &Task) {
         self.not_watching.fetch_add(1, Ordering::Relaxed);
         if !self.warned_not_watching.swap(true, Ordering::Relaxed) {

@@ -143,6 +143,7 @@ unsafe impl Flavor for Lock {
         self.changed.notify_all();
     }
 
+    #[inline]
     fn is_watching(&self) -> bool {
         true
     }

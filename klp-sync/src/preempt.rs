@@ -81,6 +81,7 @@ unsafe impl Flavor for Preempt {
         self.grace_period(true);
     }
 
+    #[inline]
     fn is_watching(&self) -> bool {
         true
     }

@@ -268,6 +268,7 @@ unsafe impl Flavor for Rcu {
         rcu_grace_period(true);
     }
 
+    #[inline]
     fn is_watching(&self) -> bool {
         local::existing().is_some_and(rcu_watched)
     }

@@ -240,6 +240,7 @@ impl Registry {
 }
 
 /// Whether an rcu grace period must wait for `slot`: registered and not parked.
+#[inline]
 pub(crate) fn rcu_watched(slot: &Slot) -> bool {
     slot.flags.load(Ordering::Acquire) & (RCU_REGISTERED | PARKED) == RCU_REGISTERED
 }
