@@ -295,6 +295,19 @@ int klp_set_log_handler(klp_log_handler_t handler, void *data);
 int klp_set_sync(int flavor);
 
 /*
+ The names of the patches in use (the directories of `/sys/kernel/livepatch`), in
+ stack order (as `stack_order` numbers them), each NUL-terminated, then an empty name
+ (one more NUL). Returns the number of bytes that takes, and writes it to `buf` only
+ when `len` is at least that (call with `NULL, 0` to learn the size; the list may
+ change between two calls); `-EINVAL` for a NULL `buf` with a non-zero `len`.
+
+ # Safety
+
+ 1. `buf` is NULL or valid for writes of `len` bytes.
+ */
+int klp_patch_list(char *buf, size_t len);
+
+/*
  `enabled`: 1 or 0, `-ENOENT` for no such patch, `-EINVAL` for a NULL name.
 
  # Safety

@@ -175,6 +175,17 @@ bool patch_exists(const char *patch)
 	return klp_patch_enabled(patch) != -ENOENT;
 }
 
+int patch_count(void)
+{
+	char buf[512];
+	int n = 0, len = klp_patch_list(buf, sizeof(buf));
+
+	CHECK(len > 0 && (size_t)len <= sizeof(buf));
+	for (const char *p = buf; *p; p += strlen(p) + 1)
+		n++;
+	return n;
+}
+
 void load_mod(const char *mod, const char *params)
 {
 	int err = insmod(mod, params);

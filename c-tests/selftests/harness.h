@@ -95,6 +95,8 @@ void *module_sym(const char *mod, const char *sym);
 void grep_live_patched(void);
 /* /sys/kernel/livepatch/<patch> exists. */
 bool patch_exists(const char *patch);
+/* The number of entries of /sys/kernel/livepatch (klp_patch_list). */
+int patch_count(void);
 
 /* ---- the tests ------------------------------------------------------------------ */
 

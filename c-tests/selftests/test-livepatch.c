@@ -55,8 +55,9 @@ static void atomic_replace_livepatch(void)
 	grep_live_patched();
 	load_lp(LP2, "");
 	load_lp(LP3, "");
-	/* /sys/kernel/livepatch holds the three patches. */
+	/* /sys/kernel/livepatch holds exactly the three patches. */
 	CHECK(patch_exists(LP1) && patch_exists(LP2) && patch_exists(LP3));
+	CHECK_INT(patch_count(), 3);
 
 	load_lp(R, "replace=1");
 	grep_live_patched();
@@ -65,6 +66,7 @@ static void atomic_replace_livepatch(void)
 	/* The replaced patches are freed asynchronously: one entry remains. */
 	LOOP_UNTIL("/sys/kernel/livepatch holds one patch",
 		   !patch_exists(LP1) && !patch_exists(LP2) && !patch_exists(LP3));
+	CHECK_INT(patch_count(), 1);
 	CHECK_INT(klp_patch_enabled(R), 1);
 	CHECK_INT(klp_patch_replace(R), 1);
 	CHECK_INT(klp_patch_transition(R), 0);

@@ -57,6 +57,27 @@
 //! hand: [`klp_object_load`], [`klp_object_unload`]. With `libklp.a`, a shared object
 //! may leave its klp symbols undefined when the program exports them (`-rdynamic`).
 //!
+//! # Threads
+//!
+//! A thread becomes a task (the kernel's task) at its first patchable call or thread
+//! call, and stops being one when it exits, cancelled or not: a thread-specific key's
+//! destructor removes it, so neither its first call nor its exit takes the loader's
+//! lock (a thread may make its first call while another waits for it inside `dlopen`).
+//! A thread that blocks calls [`klp_park`] before and [`klp_unpark`] after: transitions
+//! switch it from outside meanwhile. [`klp_update_patch_state`] is an explicit switch
+//! point.
+//!
+//! A patchable function left without returning (`longjmp`, a C++ exception, a
+//! cancelled thread's unwinding) is forgotten at the thread's next patchable call or
+//! return, and at [`klp_update_patch_state`], [`klp_park`], [`klp_wait_transition`],
+//! [`klp_enable_patch`] and [`klp_patch_set_enabled`] called from the function that
+//! caught it (or one of its callers): those know their caller's stack pointer, below
+//! which nothing recorded is live. Called from a function that the catcher calls
+//! afterwards, whose frame may lie where the left ones were, they cannot tell, and the
+//! thread switches at its next patchable call instead. Frames are compared within one
+//! stack only: a switch point in a signal handler on an alternate stack forgets nothing
+//! of the thread's own.
+//!
 //! # Link line
 //!
 //! ```text
@@ -310,6 +331,10 @@ impl Engine {
         dispatch!(self, k => k.patch(name))
     }
 
+    fn patches(&self) -> Vec<PatchInfo> {
+        dispatch!(self, k => k.patches())
+    }
+
     /// See [`Klp::get_state`].
     pub fn get_state(&self, patch: &str, id: u64) -> Option<Arc<klp_core::State>> {
         dispatch!(self, k => k.get_state(patch, id))
@@ -406,6 +431,35 @@ unsafe fn with_patch(patch: *const c_char, f: impl FnOnce(&PatchInfo) -> c_int) 
         Some(info) => f(&info),
         None => -ENOENT,
     }
+}
+
+/// The names of the patches in use (the directories of `/sys/kernel/livepatch`), in
+/// stack order (as `stack_order` numbers them), each NUL-terminated, then an empty name
+/// (one more NUL). Returns the number of bytes that takes, and writes it to `buf` only
+/// when `len` is at least that (call with `NULL, 0` to learn the size; the list may
+/// change between two calls); `-EINVAL` for a NULL `buf` with a non-zero `len`.
+///
+/// # Safety
+///
+/// 1. `buf` is NULL or valid for writes of `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn klp_patch_list(buf: *mut c_char, len: usize) -> c_int {
+    guard(KLP_ERROR_PANIC, || {
+        if buf.is_null() && len != 0 {
+            return -EINVAL;
+        }
+        let mut list = Vec::new();
+        for p in engine().patches() {
+            list.extend_from_slice(p.name.as_bytes());
+            list.push(0);
+        }
+        list.push(0);
+        if list.len() <= len {
+            // SAFETY: clause 1: `buf` is valid for `len` bytes, and `list` fits.
+            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), buf.cast::<u8>(), list.len()) };
+        }
+        c_int::try_from(list.len()).unwrap_or(c_int::MAX)
+    })
 }
 
 /// `enabled`: 1 or 0, `-ENOENT` for no such patch, `-EINVAL` for a NULL name.

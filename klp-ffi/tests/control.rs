@@ -53,6 +53,18 @@ fn stack_order(p: &str) -> c_int {
     // SAFETY: a valid C string (clause 1).
     unsafe { klp_patch_stack_order(c(p).as_ptr()) }
 }
+/// `klp_patch_list` into a buffer of `len` bytes (filled with 0xff first): its return
+/// value and the buffer.
+fn list(len: usize) -> (c_int, Vec<u8>) {
+    let mut buf = vec![0xffu8; len];
+    let p = if len == 0 {
+        ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    // SAFETY: NULL with 0, or a buffer of `len` bytes (clause 1).
+    (unsafe { klp_patch_list(p, len) }, buf)
+}
 fn patched(p: &str, o: Option<&str>) -> c_int {
     let o = o.map(c);
     // SAFETY: valid C strings or NULL (clauses 1, 2).
@@ -108,6 +120,18 @@ fn attributes_and_writes_of_an_enabled_patch() {
     assert_eq!(f_add(1), 4);
     assert_eq!(stack_order("c_basic"), 1);
     assert_eq!(stack_order("c_top"), 2);
+    // The directory listing, in stack order; a short buffer is left alone.
+    let both = b"c_basic\0c_top\0\0";
+    assert_eq!(list(0).0, both.len() as c_int);
+    assert_eq!(
+        list(both.len() - 1),
+        (both.len() as c_int, vec![0xff; both.len() - 1])
+    );
+    let (n, buf) = list(both.len() + 2);
+    assert_eq!(n, both.len() as c_int);
+    assert_eq!(&buf[..both.len()], both);
+    // SAFETY: NULL with a length: refused before any write.
+    assert_eq!(unsafe { klp_patch_list(ptr::null_mut(), 4) }, -EINVAL);
     assert_eq!(set_enabled("c_top", 0), 0);
     wait();
     assert_eq!(enabled("c_top"), -ENOENT, "a disabled patch is gone");
@@ -118,6 +142,7 @@ fn attributes_and_writes_of_an_enabled_patch() {
     assert_eq!(f_add(1), 2);
     assert_eq!(enabled("c_basic"), -ENOENT);
     assert_eq!(set_enabled("c_basic", 0), -ENOENT);
+    assert_eq!(list(1), (1, vec![0]), "no patch: the empty list");
 }
 
 // A function that a thread blocks (parked) inside, holding a transition up.
