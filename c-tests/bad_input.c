@@ -191,6 +191,11 @@ static void enable_patch(struct klp_patch *p, int want, const char *what)
 static void control_names(void)
 {
 	const char *unknown[] = { "nope", "", NOT_UTF8 };
+	char one = 'x';
+	EXPECT(klp_patch_list(NULL, 4), EINVAL_);
+	EXPECT(klp_patch_list(NULL, 0), 1); /* no patch: the empty list, one NUL */
+	EXPECT(klp_patch_list(&one, 0), 1);
+	CHECK(one == 'x'); /* too short: nothing written */
 	EXPECT(klp_patch_enabled(NULL), EINVAL_);
 	EXPECT(klp_patch_set_enabled(NULL, 0), EINVAL_);
 	EXPECT(klp_patch_set_enabled(NULL, 1), EINVAL_);
