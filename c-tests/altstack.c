@@ -22,6 +22,7 @@
 		}                                                                       \
 	} while (0)
 
+#define STACK_SIZE (1024 * 1024)
 #define ALT_SIZE (256 * 1024)
 
 static void *alt;
@@ -65,16 +66,22 @@ static void *thread_main(void *arg)
 
 int main(void)
 {
-	/* The alternate stack first, the thread (and its stack, mapped below) after. */
-	alt = mmap(NULL, ALT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CHECK(alt != MAP_FAILED);
+	/* One mapping: the thread's stack, and the alternate stack just above it. */
+	char *m = mmap(NULL, STACK_SIZE + ALT_SIZE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED);
+	alt = m + STACK_SIZE;
+	pthread_attr_t attr;
+	CHECK(pthread_attr_init(&attr) == 0);
+	CHECK(pthread_attr_setstack(&attr, m, STACK_SIZE) == 0);
 	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_ONSTACK };
 	sigemptyset(&sa.sa_mask);
 	CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
 	CHECK(klp_set_retry_period(10) == 0);
 
 	pthread_t t;
-	CHECK(pthread_create(&t, NULL, thread_main, NULL) == 0);
+	CHECK(pthread_create(&t, &attr, thread_main, NULL) == 0);
+	CHECK(pthread_attr_destroy(&attr) == 0);
 	while (!atomic_load(&inside))
 		;
 	CHECK(klp_enable_patch(&patch) == 0);
