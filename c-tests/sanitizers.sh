@@ -79,7 +79,7 @@ command -v "$cxx" > /dev/null && for mode in asan valgrind; do
   done
 done
 
-# The kernel's selftests (c-tests/selftests), every case under preempt: the modules
+# The kernel's selftests (c-tests/selftests), every case under both flavors: the modules
 # leave their klp symbols to the driver (-rdynamic), which links libklp.a.
 st=c-tests/selftests
 mkdir -p "$out/selftests"
@@ -94,13 +94,17 @@ driver=("$st"/vmlinux.c "$st"/functions.c "$st"/test-*.c)
   -o "$out/selftests/selftests.asan"
 "$cc" -std=gnu11 -Wall -Wextra -Werror -g -I include -I "$st" "${driver[@]}" "$lib" \
   -rdynamic -lpthread -ldl -lm -o "$out/selftests/selftests"
-for f in "$st"/expected/*.log; do
-  case=$(basename "$f" .log)
-  echo "+ selftest $case under AddressSanitizer and valgrind memcheck"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$out/selftests/selftests.asan" "$case" \
-    "$out/selftests" > "$out/selftests/$case.asan.out"
-  valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-    --show-possibly-lost=no "$out/selftests/selftests" "$case" "$out/selftests" \
-    > "$out/selftests/$case.valgrind.out"
+for sync in preempt rcu; do
+  for f in "$st"/expected/*.log; do
+    case=$(basename "$f" .log)
+    echo "+ selftest $case ($sync) under AddressSanitizer and valgrind memcheck"
+    KLP_SYNC=$sync ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+      "$out/selftests/selftests.asan" "$case" "$out/selftests" \
+      > "$out/selftests/$case.$sync.asan.out"
+    KLP_SYNC=$sync valgrind -q --error-exitcode=1 --leak-check=full \
+      --errors-for-leak-kinds=definite --show-possibly-lost=no \
+      "$out/selftests/selftests" "$case" "$out/selftests" \
+      > "$out/selftests/$case.$sync.valgrind.out"
+  done
 done
 echo "sanitizers: 0 errors"
