@@ -620,7 +620,7 @@ fn info(ctl: &Control, i: usize) -> PatchInfo {
 /// # Safety
 ///
 /// 1. `engine` is the `Core<F>` whose `dispatch` this function was reached through.
-unsafe fn choose_for<F: Flavor + 'static>(
+unsafe extern "C" fn choose_for<F: Flavor + 'static>(
     engine: *const (),
     site: &'static Site,
     task: &Task,

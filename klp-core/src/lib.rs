@@ -52,8 +52,9 @@ pub use crate::core::{
 pub use error::KlpError;
 pub use patch::{Callback, Callbacks, Func, Object, ObjectCtx, Patch, PatchFn, PrePatch, State};
 pub use site::{
-    Code, LeaveGuard, ModuleState, ObjectError, Site, enter, enter_guarded, enter_task, leave,
-    leave_task, libc_errno, load_object, object_state, unload_object,
+    Code, LeaveGuard, ModuleState, ObjectError, Site, enter, enter_guarded, enter_split,
+    enter_task, leave, leave_split, leave_task, libc_errno, load_object, object_state,
+    unload_object,
 };
 pub use task::{
     KLP_TRANSITION_IDLE, KLP_TRANSITION_PATCHED, KLP_TRANSITION_UNPATCHED, MAX_ENGINES,

@@ -142,6 +142,15 @@ impl RunClaim {
         }
     }
 
+    /// Thread: [`enter_outermost`](Self::enter_outermost) without the wait: `false` when
+    /// a claim is up (the caller then takes its slow path, which enters again and waits).
+    #[inline(always)]
+    pub fn try_enter_outermost(&self) -> bool {
+        self.in_code.store(true, Ordering::Relaxed);
+        light_barrier();
+        !self.claim.load(Ordering::Acquire)
+    }
+
     #[cold]
     fn wait_unclaimed(&self) {
         let mut spins = 0u32;

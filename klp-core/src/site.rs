@@ -39,8 +39,10 @@ unsafe impl Sync for Code {}
 /// How a site reaches the engine that patches it: the engine's monomorphized choice
 /// function and the engine itself. Engines live for the rest of the process.
 pub(crate) struct Dispatch {
-    /// The kernel's `klp_ftrace_handler`: which implementation this call runs.
-    pub(crate) choose: unsafe fn(*const (), &'static Site, &Task) -> *const (),
+    /// The kernel's `klp_ftrace_handler`: which implementation this call runs. It never
+    /// unwinds (a panic in it aborts, as a corrupt func record does): the call paths call
+    /// it without a landing pad.
+    pub(crate) choose: unsafe extern "C" fn(*const (), &'static Site, &Task) -> *const (),
     pub(crate) engine: *const (),
 }
 
@@ -366,6 +368,121 @@ pub fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Tas
     // SAFETY: owner, RUNNING (enter_bookkeeping ensured it).
     task::push(unsafe { task.own_stack() }, Activation { site, imp, frame });
     (imp, task)
+}
+
+/// [`enter_task`] for a call path that cannot afford a register save: the common case
+/// (see `try_enter_fast`) on a site no patch owns runs inline without a call; a site
+/// that a patch owns, and everything else, continue out of line (a sibling call). The
+/// task is written to `*task_out` when it is not NULL. Never unwinds: the out-of-line
+/// parts catch a panic and return the original.
+///
+/// # Safety
+///
+/// 1. `task_out` is NULL or valid for a write.
+#[inline(always)]
+pub unsafe fn enter_split(
+    site: &'static Site,
+    frame: usize,
+    task_out: *mut *const Task,
+) -> *const () {
+    if let Some((task, stack)) = task::try_enter_fast(frame) {
+        if site.owner.load(Ordering::Acquire).is_null() {
+            let imp = site.original.0;
+            task::push(stack, Activation { site, imp, frame });
+            if !task_out.is_null() {
+                // SAFETY: clause 1.
+                unsafe { *task_out = task };
+            }
+            return imp;
+        }
+        return enter_owned(site, task, frame, task_out);
+    }
+    enter_slow(site, frame, task_out)
+}
+
+/// The rest of [`enter_split`] for a site that a patch owns, on the fast path's task:
+/// out of line, so that the common case needs no register saved.
+#[inline(never)]
+extern "C" fn enter_owned(
+    site: &'static Site,
+    task: &'static Task,
+    frame: usize,
+    task_out: *mut *const Task,
+) -> *const () {
+    let imp = choose(site, task);
+    // SAFETY: owner, RUNNING: the fast path found it so, and the handler parks nothing.
+    task::push(unsafe { task.own_stack() }, Activation { site, imp, frame });
+    if !task_out.is_null() {
+        // SAFETY: `enter_split`'s clause 1.
+        unsafe { *task_out = task };
+    }
+    imp
+}
+
+/// [`enter_split`]'s full path.
+#[cold]
+#[inline(never)]
+extern "C" fn enter_slow(
+    site: &'static Site,
+    frame: usize,
+    task_out: *mut *const Task,
+) -> *const () {
+    // AssertUnwindSafe: as in `enter_owned`.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| enter_task(site, frame))) {
+        Ok((imp, task)) => {
+            if !task_out.is_null() {
+                // SAFETY: `enter_split`'s clause 1.
+                unsafe { *task_out = task };
+            }
+            imp
+        }
+        Err(_) => site.original.0,
+    }
+}
+
+/// [`leave_task`] for the call path of [`enter_split`]: `task` is what it wrote to
+/// `*task_out` on this thread, or NULL (looked up). The common case runs inline without
+/// a call; the rest continues out of line. Never unwinds.
+///
+/// # Safety
+///
+/// 1. `task` is NULL or the calling thread's task (from [`enter_split`] on this thread).
+#[inline(always)]
+pub unsafe fn leave_split(task: *const Task, frame: usize) {
+    // SAFETY: clause 1: the calling thread's task lives while the thread runs.
+    if let Some(t) = unsafe { task.as_ref() } {
+        match task::try_leave_fast(t, frame) {
+            Some(0) if t.pending.load(Ordering::Relaxed) != 0 => leave_switch(t),
+            Some(_) => {}
+            None => leave_slow(task, frame),
+        }
+    } else {
+        leave_slow(task, frame);
+    }
+}
+
+/// Back at depth 0 with switches pending: the self-switch of [`leave_task`].
+#[cold]
+#[inline(never)]
+extern "C" fn leave_switch(task: &Task) {
+    // AssertUnwindSafe: nothing half-changed is used after a panic.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::core::self_switch(task)
+    }));
+}
+
+/// [`leave_split`]'s full path.
+#[cold]
+#[inline(never)]
+extern "C" fn leave_slow(task: *const Task, frame: usize) {
+    // AssertUnwindSafe: as in `leave_switch`.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `leave_split`'s clause 1.
+        match unsafe { task.as_ref() } {
+            Some(t) => leave_task(t, frame),
+            None => leave(frame),
+        }
+    }));
 }
 
 /// Return from a patchable function entered with [`enter`] at `frame`.

@@ -385,6 +385,55 @@ fn irq_enter(task: &Task) -> &mut ActStack {
     stack
 }
 
+/// The common entry of a patchable function, without a call: the calling thread has a
+/// task, runs (is not parked), no transition waits for it, and its stack is recorded and
+/// holds nothing left without returning. Returns its task and stack after the entry
+/// bookkeeping (`enter_outermost` at depth 0), or `None` for the full path
+/// ([`enter_bookkeeping`] and the rest), which may then redo the idempotent part.
+#[allow(clippy::mut_from_ref)]
+#[inline(always)]
+pub(crate) fn try_enter_fast(frame: usize) -> Option<(&'static Task, &'static mut ActStack)> {
+    // SAFETY: as in `current`.
+    let task: &'static Task = unsafe { CurrentTask::get().as_ref() }?;
+    if !task.park.is_running() {
+        return None;
+    }
+    // SAFETY: we are the owner and the task is RUNNING.
+    let stack = unsafe { task.own_stack() };
+    let depth = stack.depth;
+    if depth == 0 {
+        if !task.run.try_enter_outermost() || task.pending.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+    } else if depth > STACK_DEPTH || stack.entries[depth - 1].frame <= frame {
+        return None;
+    }
+    Some((task, stack))
+}
+
+/// The common return of a patchable function, without a call: its own entry is on top,
+/// recorded, and no signal handler state is pending. Pops it (and leaves the patchable
+/// code at depth 0); returns the depth left, or `None` (nothing done) for the full path.
+#[inline(always)]
+pub(crate) fn try_leave_fast(task: &Task, frame: usize) -> Option<usize> {
+    // SAFETY: owner; the task is RUNNING while its own patchable code runs.
+    let stack = unsafe { task.own_stack() };
+    let depth = stack.depth;
+    if depth == 0
+        || depth > STACK_DEPTH
+        || stack.entries[depth - 1].frame != frame
+        || stack.irq_depth.is_some()
+        || (depth > 1 && stack.entries[depth - 2].frame <= frame)
+    {
+        return None;
+    }
+    stack.depth = depth - 1;
+    if depth == 1 {
+        task.run.leave_outermost();
+    }
+    Some(depth - 1)
+}
+
 /// Record `act` on top of the stack.
 #[inline(always)]
 pub(crate) fn push(stack: &mut ActStack, act: Activation) {

@@ -115,14 +115,13 @@ pub unsafe extern "C" fn klp_enter(
 ) -> *mut c_void {
     // SAFETY: clause 1: a constructed site of static storage.
     let site: &'static Site = unsafe { &*site.cast::<Site>() };
-    guard(site.original().cast_mut().cast(), || {
-        let (imp, task) = klp_core::enter_task(site, frame as usize);
-        if !task_out.is_null() {
-            // SAFETY: clause 2.
-            unsafe { *task_out = ptr::from_ref(task).cast_mut().cast() };
-        }
-        imp.cast_mut().cast()
-    })
+    // No guard here: `enter_split` never unwinds (its inline part cannot panic, its
+    // out-of-line parts catch a panic and return the original), and a guard's landing
+    // pad would cost the common case its register-free path.
+    // SAFETY: clause 2: `task_out` is NULL or writable.
+    unsafe { klp_core::enter_split(site, frame as usize, task_out.cast()) }
+        .cast_mut()
+        .cast()
 }
 
 /// Return from a patchable function entered with [`klp_enter`] at `frame`; `task` is
@@ -133,13 +132,9 @@ pub unsafe extern "C" fn klp_enter(
 /// 1. `task` is NULL or the value `klp_enter` gave on the calling thread.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn klp_leave(frame: *mut c_void, task: *mut c_void) {
-    guard((), || {
-        // SAFETY: clause 1: the calling thread's task, alive while the thread runs.
-        match unsafe { task.cast::<klp_core::Task>().as_ref() } {
-            Some(t) => klp_core::leave_task(t, frame as usize),
-            None => klp_core::leave(frame as usize),
-        }
-    });
+    // No guard, as in `klp_enter`: `leave_split` never unwinds.
+    // SAFETY: clause 1.
+    unsafe { klp_core::leave_split(task.cast_const().cast(), frame as usize) }
 }
 
 /// Forget the site `site` (the kernel's kallsyms lose a module's symbols when it is
