@@ -121,6 +121,31 @@ impl Batcher {
     }
 }
 
+/// The grace-period state held across `fork` (see `crate::fork`).
+#[cfg(not(klp_loom))]
+pub(crate) struct ForkHold<'a>(MutexGuard<'a, State>);
+
+#[cfg(not(klp_loom))]
+impl Batcher {
+    /// Hold the state across a fork.
+    pub(crate) fn fork_hold(&self) -> ForkHold<'_> {
+        ForkHold(self.lock())
+    }
+}
+
+#[cfg(not(klp_loom))]
+impl ForkHold<'_> {
+    /// In the child: a grace period that a thread of the parent was running is complete
+    /// (every section it could wait for belonged to a thread that is gone), and nobody
+    /// waits for one.
+    pub(crate) fn reset_in_child(&mut self) {
+        if self.0.seq & 1 == 1 {
+            self.0.seq += 1;
+        }
+        self.0.want = self.0.seq;
+    }
+}
+
 /// Ends the running grace period and wakes the callers it serves.
 struct Finish<'a>(&'a Batcher);
 

@@ -42,6 +42,10 @@
 #![warn(missing_docs)]
 
 pub mod docs;
+#[cfg(not(klp_loom))]
+mod event;
+#[cfg(not(klp_loom))]
+mod fork;
 mod gp;
 mod os;
 mod reader;
@@ -58,11 +62,15 @@ mod preempt;
 mod rcu;
 
 #[cfg(not(klp_loom))]
+pub use event::Event;
+#[cfg(not(klp_loom))]
 pub use lock::Lock;
 pub use os::{
     BarrierMode, FORCE_FENCES_ENV, FenceReason, barrier_mode, heavy_barrier,
     light_barrier_pub as light_barrier,
 };
+#[cfg(not(klp_loom))]
+pub use os::{SignalsBlocked, spawn_service};
 #[cfg(not(klp_loom))]
 pub use preempt::Preempt;
 #[cfg(not(klp_loom))]
@@ -169,6 +177,37 @@ pub unsafe trait Flavor: Send + Sync {
 
     /// The thread is running again after [`Flavor::park`].
     fn unpark(&self) {}
+
+    /// Make the calling thread watched until the matching [`Flavor::irq_exit`], whatever
+    /// it was (unregistered, parked): the kernel's `rcu_irq_enter()`, for a read section
+    /// that must be protected where the flavor would not watch the thread (a signal
+    /// handler on a parked thread). Cheap when the thread is watched already; flavors that
+    /// watch every thread do nothing. A signal handler that runs in between leaves the
+    /// state as it found it, so the pair may be interrupted anywhere.
+    fn irq_enter(&self) -> IrqState {
+        IrqState::WATCHED
+    }
+
+    /// Undo [`Flavor::irq_enter`]: the thread is watched again exactly as before. Called
+    /// outside read sections.
+    fn irq_exit(&self, state: IrqState) {
+        let _ = state;
+    }
+}
+
+/// What [`Flavor::irq_exit`] restores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqState(pub(crate) u32);
+
+impl IrqState {
+    /// The thread was watched already: nothing to restore.
+    pub const WATCHED: IrqState = IrqState(u32::MAX);
+
+    /// Whether [`Flavor::irq_enter`] had to make the thread watched (the seed's case: a
+    /// read section the flavor would not have protected).
+    pub fn was_unwatched(self) -> bool {
+        self != Self::WATCHED
+    }
 }
 
 /// An open read section; dropping it ends the section.

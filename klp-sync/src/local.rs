@@ -74,6 +74,18 @@ pub(crate) fn set_flags(f: impl FnOnce(u32) -> u32) {
     fence(Ordering::SeqCst);
 }
 
+/// The calling thread's flags (0 when it has no slot).
+#[inline]
+pub(crate) fn flags() -> u32 {
+    existing().map_or(0, |s| s.flags.load(Ordering::Relaxed))
+}
+
+/// `fork` child: the other threads are gone; their slots go back (see `crate::fork`).
+#[cfg(not(klp_loom))]
+pub(crate) fn fork_child() {
+    REGISTRY.fork_release_others(existing());
+}
+
 /// The calling thread's nesting depth in read sections (0 when it has no slot).
 #[inline]
 pub(crate) fn nesting() -> u32 {

@@ -111,9 +111,11 @@ mod imp {
         }
     }
 
-    /// Decide the barrier mode once for the process. Every flavor constructor calls it.
+    /// Decide the barrier mode once for the process (and install the fork handlers).
+    /// Every flavor constructor calls it.
     pub(crate) fn init() -> BarrierMode {
         *MODE.get_or_init(|| {
+            crate::fork::install();
             let mode = choose();
             READER_FENCES.store(mode != BarrierMode::Membarrier, Ordering::Relaxed);
             mode
@@ -156,12 +158,27 @@ mod imp {
         }
     }
 
-    /// Blocks every signal for the life of the value, so that slot claiming and release
-    /// cannot be interrupted by a handler that itself enters a read section.
-    pub(crate) struct SignalsBlocked(libc::sigset_t);
+    /// Blocks every signal of the calling thread for the life of the value (and restores
+    /// the mask it found when dropped), so that a signal handler cannot run in the middle
+    /// of what it covers: a slot's claim, a lock held by the library, a state change of
+    /// the thread that a handler must not see half done. Two system calls.
+    pub struct SignalsBlocked(libc::sigset_t);
+
+    impl Default for SignalsBlocked {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl std::fmt::Debug for SignalsBlocked {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("SignalsBlocked")
+        }
+    }
 
     impl SignalsBlocked {
-        pub(crate) fn new() -> Self {
+        /// Block every signal until the value is dropped.
+        pub fn new() -> Self {
             // SAFETY: sigset_t is a plain bit set; all-zero is a valid (empty) value that
             // sigfillset and pthread_sigmask overwrite.
             let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -180,6 +197,17 @@ mod imp {
             // SAFETY: restores the mask saved by `new`; the pointer is valid.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
         }
+    }
+
+    /// Start a thread of the library's own with every signal blocked (it inherits the
+    /// mask of its creator): a program's handler never runs on it, and a signal meant for
+    /// the process goes to one of the program's threads.
+    pub fn spawn_service<F>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let _blocked = SignalsBlocked::new();
+        std::thread::Builder::new().name(name.to_owned()).spawn(f)
     }
 
     /// Zeroed, never-freed memory for `len` bytes (async-signal-safe: mmap, not malloc).
@@ -229,6 +257,8 @@ mod imp {
 
 pub use imp::barrier_mode;
 pub(crate) use imp::*;
+#[cfg(not(klp_loom))]
+pub use imp::{SignalsBlocked, spawn_service};
 
 /// The light half of the process's asymmetric barrier, for protocols built beside the
 /// flavors (the engine's claim of a running thread): a compiler fence when membarrier is

@@ -12,20 +12,27 @@ use crate::os::{self, ProcessBarrier};
 use crate::reader::{self, SlotToken};
 use std::sync::Mutex;
 
+/// Serializes grace periods of every preempt instance: the kernel's
+/// `schedule_on_each_cpu` callers do not share, and there is one set of CPUs (here, one
+/// registry of reader slots) for all of them.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// The preempt flavor (see the module documentation of the crate).
 pub struct Preempt {
-    /// Serializes grace periods: the kernel's `schedule_on_each_cpu` callers do not share.
-    serial: Mutex<()>,
+    _private: (),
 }
 
 impl Preempt {
     /// A new instance. The first instance of the process decides the barrier mode.
     pub fn new() -> Self {
         os::init();
-        Preempt {
-            serial: Mutex::new(()),
-        }
+        Preempt { _private: () }
     }
+}
+
+/// `fork` (see `crate::fork`): no grace period is half done in the child.
+pub(crate) fn fork_prepare() {
+    crate::fork::hold(SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 impl Default for Preempt {
@@ -43,7 +50,7 @@ impl std::fmt::Debug for Preempt {
 impl Preempt {
     fn grace_period(&self, spin_only: bool) {
         local::assert_outside("synchronize");
-        let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         local::REGISTRY.grace_period(&ProcessBarrier, |_| true, spin_only);
     }
 }

@@ -11,13 +11,14 @@
 //! `poll` give polled grace periods.
 
 use crate::Flavor;
+use crate::IrqState;
 use crate::gp::Batcher;
 use crate::local;
 use crate::os::{self, ProcessBarrier};
 use crate::reader::{self, PARKED, RCU_REGISTERED, SlotToken, rcu_watched};
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{JoinHandle, ThreadId};
 
 type Callback = Box<dyn FnOnce() + Send + 'static>;
@@ -139,9 +140,8 @@ impl Inner {
     fn kick(self: &Arc<Self>, q: &mut Queue) {
         if q.worker.is_none() {
             let me = Arc::clone(self);
-            let handle = std::thread::Builder::new()
-                .name("klp-rcu".into())
-                .spawn(move || me.work())
+            // Signals blocked: a program's handler never runs on the library's threads.
+            let handle = os::spawn_service("klp-rcu", move || me.work())
                 .expect("klp-sync: cannot start the rcu callback worker");
             let id = handle.thread().id();
             q.worker = Some((handle, id));
@@ -150,18 +150,103 @@ impl Inner {
     }
 }
 
+/// Every live instance, for the fork handlers.
+static INSTANCES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// What the fork handlers hold of one instance. Fields drop in order: the guards, then
+/// the instance they borrow from.
+struct ForkHeld {
+    queue: MutexGuard<'static, Queue>,
+    gp: crate::gp::ForkHold<'static>,
+    /// Keeps the instance alive while the guards borrow from it.
+    _inner: Arc<Inner>,
+}
+
+/// The held instances, between `fork_prepare` and the parent's or child's release.
+static FORK_HELD: Mutex<Vec<ForkHeld>> = Mutex::new(Vec::new());
+
+// SAFETY: see `crate::fork::Held`: taken and dropped on the thread that forks.
+unsafe impl Send for ForkHeld {}
+
+/// `fork` prepare: every instance's queue, then its grace-period state (the order of
+/// `Inner::work`), under the list of instances.
+pub(crate) fn fork_prepare() {
+    let list = INSTANCES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    for inner in list.iter().filter_map(Weak::upgrade) {
+        let q = inner.queue();
+        // SAFETY: the guard borrows from `inner`, which `ForkHeld` keeps alive and drops
+        // after the guards (field order); the lifetime is only widened to be stored.
+        let q: MutexGuard<'static, Queue> = unsafe { std::mem::transmute(q) };
+        let gp = inner.batcher.fork_hold();
+        // SAFETY: as above.
+        let gp: crate::gp::ForkHold<'static> = unsafe { std::mem::transmute(gp) };
+        held.push(ForkHeld {
+            queue: q,
+            gp,
+            _inner: inner,
+        });
+    }
+    *FORK_HELD.lock().unwrap_or_else(|e| e.into_inner()) = held;
+    crate::fork::hold(list);
+    crate::fork::hold(ForkRelease);
+}
+
+/// Releases the instances' locks (before the list's, which was held first).
+struct ForkRelease;
+
+impl Drop for ForkRelease {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut *FORK_HELD.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(held);
+    }
+}
+
+/// `fork` child, with the locks still held: the workers and their grace periods are gone.
+pub(crate) fn fork_child() {
+    let mut held = FORK_HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for h in held.iter_mut() {
+        if let Some((handle, _)) = h.queue.worker.take() {
+            // The thread does not exist here: neither join nor detach its handle.
+            std::mem::forget(handle);
+        }
+        // A batch the worker had taken is lost with it (its callbacks never run here).
+        h.queue.finished = h.queue.taken;
+        h.gp.reset_in_child();
+    }
+}
+
+/// `fork` child, once the locks are released: a worker for the callbacks still queued.
+pub(crate) fn fork_child_restart() {
+    let list: Vec<Arc<Inner>> = INSTANCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for inner in list {
+        let mut q = inner.queue();
+        if !q.callbacks.is_empty() || !inner.batcher.done(q.want_gp) {
+            inner.kick(&mut q);
+        }
+    }
+}
+
 impl Rcu {
     /// A new instance. The first instance of the process decides the barrier mode.
     pub fn new() -> Self {
         os::init();
-        Rcu {
-            inner: Arc::new(Inner {
-                batcher: Batcher::new(),
-                queue: Mutex::new(Queue::default()),
-                wake: Condvar::new(),
-                ran: Condvar::new(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            batcher: Batcher::new(),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            ran: Condvar::new(),
+        });
+        let mut list = INSTANCES.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&inner));
+        drop(list);
+        Rcu { inner }
     }
 
     /// Register the calling thread (liburcu's `rcu_register_thread`) until the returned
@@ -311,5 +396,21 @@ unsafe impl Flavor for Rcu {
 
     fn unpark(&self) {
         local::set_flags(|f| f & !PARKED);
+    }
+
+    fn irq_enter(&self) -> IrqState {
+        let old = local::flags();
+        if old & (RCU_REGISTERED | PARKED) == RCU_REGISTERED {
+            return IrqState::WATCHED;
+        }
+        local::set_flags(|f| (f | RCU_REGISTERED) & !PARKED);
+        IrqState(old)
+    }
+
+    fn irq_exit(&self, state: IrqState) {
+        if state != IrqState::WATCHED {
+            // Back to unwatched: the section that needed watching has ended (Release).
+            local::set_flags(|_| state.0);
+        }
     }
 }

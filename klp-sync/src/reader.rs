@@ -199,6 +199,21 @@ impl Registry {
         slot.in_use.store(false, Ordering::Release);
     }
 
+    /// `fork` child: give back every slot but `keep` (the calling thread's), as their
+    /// threads exited, ending whatever read sections they were in.
+    #[cfg(not(klp_loom))]
+    pub(crate) fn fork_release_others(&self, keep: Option<&Slot>) {
+        for slot in self.iter() {
+            if keep.is_some_and(|k| std::ptr::eq(k, slot)) || !slot.in_use.load(Ordering::Relaxed) {
+                continue;
+            }
+            // Keep the generation (an updater compares it), drop the depth.
+            let w = slot.word.load(Ordering::Relaxed);
+            slot.word.store(w & !NEST_MASK, Ordering::Release);
+            self.release(slot);
+        }
+    }
+
     /// One grace period over the slots that `watched` selects: returns once every read
     /// section of those slots that had begun before the call has ended.
     pub(crate) fn grace_period(
