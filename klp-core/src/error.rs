@@ -1,6 +1,26 @@
 //! Errors of the control operations, each carrying the kernel's errno.
 
-use crate::site::libc_errno::*;
+/// Linux errno values (the kernel's, on every architecture we run on).
+pub mod libc_errno {
+    /// No such file or directory.
+    pub const ENOENT: i32 = 2;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
+    /// Device or resource busy.
+    pub const EBUSY: i32 = 16;
+    /// File exists.
+    pub const EEXIST: i32 = 17;
+    /// No such device.
+    pub const ENODEV: i32 = 19;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+    /// Resource deadlock would occur.
+    pub const EDEADLK: i32 = 35;
+    /// Connection timed out.
+    pub const ETIMEDOUT: i32 = 110;
+}
+
+use libc_errno::*;
 
 /// Why a control operation failed. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +47,14 @@ pub enum KlpError {
     /// A `pre_patch` callback refused the patch with this negative errno.
     #[error("pre-patch callback failed ({0})")]
     Callback(i32),
+    /// `-EDEADLK`: called from where it would wait for the calling thread itself (a
+    /// callback or log line of a control operation of the same engine, which holds the
+    /// control lock; a shadow constructor; a signal handler interrupting the library).
+    #[error("called from a context that holds what it needs (it would deadlock)")]
+    Deadlock,
+    /// `-ETIMEDOUT`: a wait ended before the transition did.
+    #[error("timed out")]
+    TimedOut,
 }
 
 impl KlpError {
@@ -38,6 +66,8 @@ impl KlpError {
             KlpError::Busy | KlpError::SiteBusy(_) => -EBUSY,
             KlpError::NoEnt(_) => -ENOENT,
             KlpError::Callback(e) => *e,
+            KlpError::Deadlock => -EDEADLK,
+            KlpError::TimedOut => -ETIMEDOUT,
         }
     }
 }

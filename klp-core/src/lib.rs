@@ -12,7 +12,8 @@
 //! * [`log`] is the kernel's log; [`shadow`] the kernel's shadow variables.
 //!
 //! The behaviour follows the kernel's (`reference/kernel-livepatch.md`): every check,
-//! errno and log line.
+//! errno and log line. [`docs`] explains the design: the per-thread state machine,
+//! signal handlers, `fork`, re-entrant callers and what each context may call.
 //!
 //! ```
 //! use klp_core::{Func, Klp, Object, Patch, patchable};
@@ -32,31 +33,97 @@
 //! assert!(klp.wait_transition(std::time::Duration::from_secs(10)));
 //! assert_eq!(greeting(1), "hello 1");
 //! ```
+//!
+//! # Files
+//!
+//! As the kernel splits `kernel/livepatch/`: `core.rs` (the engine and its patch list),
+//! `patch.rs` (func stacks and the handler), `transition.rs` (transitions and the
+//! worker), `state.rs`, `module.rs` (objects coming and going in an engine), `control.rs`
+//! (the read-only view); below them `thread.rs` (the per-thread state machine), `task.rs`
+//! (task records), `registry.rs` (engines by slot), `site.rs`, `call.rs` (the call path),
+//! `object.rs` (loading objects), `fork.rs`, `stack.rs`. No module imports one above it.
 
+pub mod docs;
+mod sync;
+pub mod thread;
+
+#[cfg(not(klp_loom))]
 pub mod log;
+#[cfg(not(klp_loom))]
 pub mod shadow;
 
+#[cfg(not(klp_loom))]
+mod call;
+#[cfg(not(klp_loom))]
+mod control;
+#[cfg(not(klp_loom))]
 mod core;
+#[cfg(not(klp_loom))]
 mod error;
+#[cfg(not(klp_loom))]
+mod fork;
+#[cfg(not(klp_loom))]
+mod func;
+#[cfg(not(klp_loom))]
 mod macros;
-#[doc(hidden)]
-pub mod park;
+#[cfg(not(klp_loom))]
+mod model;
+#[cfg(not(klp_loom))]
+mod module;
+#[cfg(not(klp_loom))]
+mod object;
+#[cfg(not(klp_loom))]
 mod patch;
+#[cfg(not(klp_loom))]
+mod registry;
+#[cfg(not(klp_loom))]
 mod site;
+#[cfg(not(klp_loom))]
+mod stack;
+#[cfg(not(klp_loom))]
+mod state;
+#[cfg(not(klp_loom))]
 mod task;
+#[cfg(not(klp_loom))]
+mod transition;
 
-pub use crate::core::{
-    FuncNode, KSYM_NAME_LEN, Klp, MODULE_NAME_LEN, PatchInfo, SIGNALS_TIMEOUT, TaskInfo,
-    forget_frames_below, park, set_thread_kick, unpark, update_patch_state,
+#[cfg(not(klp_loom))]
+pub use crate::call::{
+    LeaveGuard, enter, enter_guarded, enter_split, enter_task, forget_frames_below, leave,
+    leave_split, leave_task, park, set_thread_kick, unpark, update_patch_state,
+    update_patch_state_at,
 };
-pub use error::KlpError;
-pub use patch::{Callback, Callbacks, Func, Object, ObjectCtx, Patch, PatchFn, PrePatch, State};
-pub use site::{
-    Code, LeaveGuard, ModuleState, ObjectError, Site, enter, enter_guarded, enter_split,
-    enter_task, leave, leave_split, leave_task, libc_errno, load_object, object_state,
-    unload_object,
+#[cfg(not(klp_loom))]
+pub use crate::control::{PatchInfo, TaskInfo};
+#[cfg(not(klp_loom))]
+pub use crate::core::{KSYM_NAME_LEN, Klp, MODULE_NAME_LEN};
+#[cfg(not(klp_loom))]
+pub use crate::error::{KlpError, libc_errno};
+#[cfg(not(klp_loom))]
+pub use crate::fork::install as install_fork_handlers;
+#[cfg(not(klp_loom))]
+pub use crate::func::FuncNode;
+#[cfg(not(klp_loom))]
+pub use crate::model::{
+    Callback, Callbacks, Func, Object, ObjectCtx, Patch, PatchFn, PrePatch, State,
 };
-pub use task::{
-    KLP_TRANSITION_IDLE, KLP_TRANSITION_PATCHED, KLP_TRANSITION_UNPATCHED, MAX_ENGINES,
-    STACK_DEPTH, Task,
+#[cfg(not(klp_loom))]
+pub use crate::object::{ModuleState, ObjectError, load_object, object_state, unload_object};
+#[cfg(not(klp_loom))]
+pub use crate::site::{Code, Site, lookup};
+#[cfg(not(klp_loom))]
+pub use crate::task::{
+    KLP_TRANSITION_IDLE, KLP_TRANSITION_PATCHED, KLP_TRANSITION_UNPATCHED, MAX_ENGINES, Task,
 };
+#[cfg(not(klp_loom))]
+pub use crate::thread::STACK_DEPTH;
+#[cfg(not(klp_loom))]
+pub use crate::transition::SIGNALS_TIMEOUT;
+
+/// Whether the calling thread is inside a read section of a flavor, or inside libklp's
+/// own bookkeeping of a patchable call: a signal handler that runs there must not wait
+/// for a grace period (it would wait for its own thread).
+#[cfg(not(klp_loom))]
+pub fn in_critical_section() -> bool {
+    klp_sync::in_read_section()
+}

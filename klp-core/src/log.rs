@@ -6,7 +6,7 @@
 //! kernel's console levels.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// A message level, numbered as the kernel's console levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,9 +126,12 @@ pub const PREFIX: &str = "livepatch: ";
 impl Log {
     /// A log that writes to `sink`.
     pub fn new(sink: Arc<dyn Sink>) -> Self {
-        Log {
-            sink: Arc::new(RwLock::new(sink)),
-        }
+        let sink = Arc::new(RwLock::new(sink));
+        crate::fork::install();
+        let mut all = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&sink));
+        Log { sink }
     }
 
     /// Send later lines to `sink`.
@@ -142,10 +145,43 @@ impl Log {
         self.raw(level, &line);
     }
 
-    /// Emit a line exactly as given (callback output of a patch, say).
+    /// Emit a line exactly as given (callback output of a patch, say). The sink is
+    /// called without any lock of the log held: it may log, or replace the sink.
     pub fn raw(&self, level: Level, line: &str) {
         let sink = Arc::clone(&self.sink.read().unwrap_or_else(|e| e.into_inner()));
         sink.line(level, line);
+    }
+}
+
+type SinkCell = RwLock<Arc<dyn Sink>>;
+
+/// Every log's sink, for `fork` (see `crate::fork`).
+static LOGS: Mutex<Vec<Weak<SinkCell>>> = Mutex::new(Vec::new());
+
+/// A log's sink held across a fork; the guard goes before the cell.
+struct ForkHeld {
+    _guard: std::sync::RwLockWriteGuard<'static, Arc<dyn Sink>>,
+    _cell: Arc<SinkCell>,
+}
+
+/// `fork` prepare: every log's sink (no reader is half way through cloning it).
+pub(crate) fn fork_prepare() {
+    let cells: Vec<Arc<SinkCell>> = LOGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for cell in cells {
+        let g = cell.write().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the guard borrows from `cell`, which `ForkHeld` keeps alive and drops
+        // after it (field order); the lifetime is only widened to be stored.
+        let g: std::sync::RwLockWriteGuard<'static, Arc<dyn Sink>> =
+            unsafe { std::mem::transmute(g) };
+        crate::fork::hold(ForkHeld {
+            _guard: g,
+            _cell: cell,
+        });
     }
 }
 

@@ -17,7 +17,8 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::site::{Code, ModuleState};
+use crate::object::ModuleState;
+use crate::site::Code;
 
 /// A function pointer type usable as a replacement: `fn(A, ..) -> R`, also `unsafe` and
 /// `extern "C"`, with up to eight arguments.
@@ -116,7 +117,7 @@ impl ObjectCtx<'_> {
     /// The object's module state (`None` for the main program), what
     /// `obj->mod->state` tells a kernel callback.
     pub fn module_state(&self) -> Option<ModuleState> {
-        self.object.and_then(crate::site::object_state)
+        self.object.and_then(crate::object::object_state)
     }
 
     /// How the kernel's callback selftest modules name the object: `vmlinux`, or

@@ -168,7 +168,7 @@ pub struct Shadow<F: Flavor> {
     buckets: Box<[AtomicPtr<Header>]>,
     /// Writer locks: bucket `b` belongs to stripe `b & (stripes.len() - 1)`. Each counts
     /// the variables linked in its buckets.
-    stripes: Box<[Stripe]>,
+    stripes: Arc<[Stripe]>,
     flavor: Arc<F>,
     log: Log,
     counter: Arc<Counter>,
@@ -190,16 +190,12 @@ impl Allocations {
     }
 }
 
-/// Which stripes the calling thread holds while it runs a callback of a store.
+/// The store whose callback the calling thread runs (it holds some of its locks).
 #[derive(Clone, Copy)]
 struct CallbackContext {
     /// The address of the store.
     store: usize,
-    /// The stripe held, or `ALL_STRIPES`.
-    stripe: usize,
 }
-
-const ALL_STRIPES: usize = usize::MAX;
 
 thread_local! {
     /// Set while a constructor or destructor runs on this thread.
@@ -265,12 +261,15 @@ impl<F: Flavor> Shadow<F> {
     /// store holds up to about one variable per bucket; each bucket costs 8 bytes.
     pub fn with_buckets(flavor: Arc<F>, log: Log, buckets: usize) -> Self {
         let buckets = buckets.max(1);
-        let stripes = buckets.next_power_of_two().min(MAX_STRIPES);
+        let stripes: Arc<[Stripe]> = (0..buckets.next_power_of_two().min(MAX_STRIPES))
+            .map(|_| Stripe(Mutex::new(0)))
+            .collect();
+        register_stripes(&stripes);
         Shadow {
             buckets: (0..buckets)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
-            stripes: (0..stripes).map(|_| Stripe(Mutex::new(0))).collect(),
+            stripes,
             flavor,
             log,
             counter: Arc::new(Counter::default()),
@@ -289,44 +288,33 @@ impl<F: Flavor> Shadow<F> {
 
     /// The data of the variable `<obj, id>`, or `None` (`klp_shadow_get`).
     ///
-    /// Lock-free on threads the flavor watches; see the module documentation for how long
+    /// Lock-free on every thread, also in a constructor or destructor of this store: a
+    /// thread the flavor would not watch (rcu: unregistered, or parked) is made to watch
+    /// for the lookup ([`Flavor::irq_enter`]). See the module documentation for how long
     /// the pointer may be used.
     #[inline]
     pub fn get(&self, obj: *const c_void, id: u64) -> Option<NonNull<u8>> {
         let b = self.bucket_of(obj, id);
-        if self.flavor.is_watching() {
+        let irq = self.flavor.irq_enter();
+        let found = {
             let _guard = self.flavor.read_lock();
-            // SAFETY: inside a read section entered while the thread was watched, which
-            // lasts until after `data` (`find` clause 1a).
-            let node = unsafe { self.find(b, obj.addr(), id) }?;
+            // SAFETY: inside a read section entered while the thread was watched (made so
+            // by `irq_enter` if need be), which lasts until after `data` (`find` 1a).
+            let node = unsafe { self.find(b, obj.addr(), id) };
             // SAFETY: the node is not reclaimed before the section ends (`data` clause 1).
-            Some(unsafe { node::data(node) })
-        } else {
-            self.get_unwatched(b, obj, id)
-        }
+            node.map(|n| unsafe { node::data(n) })
+        };
+        self.flavor.irq_exit(irq);
+        found
     }
 
-    /// `get` on a thread that the flavor does not watch: under the bucket's stripe lock.
-    #[cold]
-    fn get_unwatched(&self, b: usize, obj: *const c_void, id: u64) -> Option<NonNull<u8>> {
-        let s = self.stripe_of(b);
-        let held = CALLBACK.with(Cell::get).filter(|c| c.store == self.addr());
-        let _guard = match held {
-            Some(c) if c.stripe == ALL_STRIPES || c.stripe == s => None,
-            Some(_) => panic!(
-                "klp-core: shadow: get from a constructor or destructor, on a thread that the \
-                 {} flavor does not watch, of a variable under another lock; register the \
-                 thread with the flavor",
-                self.flavor.name()
-            ),
-            None => Some(self.lock_stripe(s, "get")),
-        };
-        // SAFETY: the thread holds the stripe of `b`: locked just now, or held by the
-        // alloc/free that runs the callback we are in (`find` clause 1b).
-        let node = unsafe { self.find(b, obj.addr(), id) }?;
-        // SAFETY: the node is linked, and stays so while we hold the stripe (`data`
-        // clause 1).
-        Some(unsafe { node::data(node) })
+    /// Whether the calling thread runs a constructor or destructor of this store, where
+    /// only [`Shadow::get`] may be called (everything else would wait for the lock the
+    /// thread holds, and panics).
+    pub fn in_callback(&self) -> bool {
+        CALLBACK
+            .with(Cell::get)
+            .is_some_and(|c| c.store == self.addr())
     }
 
     /// Attach a new variable of `size` zeroed bytes to `<obj, id>`, constructed by `ctor`
@@ -444,7 +432,7 @@ impl<F: Flavor> Shadow<F> {
         }
         // 4. Construct, still private and under the lock.
         if let Some(ctor) = ctor
-            && let Err(err) = self.callback(s, || ctor(obj, fresh.data()))
+            && let Err(err) = self.callback(|| ctor(obj, fresh.data()))
         {
             drop(stripe);
             drop(fresh);
@@ -524,7 +512,7 @@ impl<F: Flavor> Shadow<F> {
                 if let Some(dtor) = dtor {
                     // SAFETY: the node is ours until the reclaim runs (`data` clause 1).
                     let data = unsafe { node::data(node) };
-                    self.callback(s, || dtor(obj, data));
+                    self.callback(|| dtor(obj, data));
                 }
                 return true;
             }
@@ -563,7 +551,7 @@ impl<F: Flavor> Shadow<F> {
                 if let Some(dtor) = dtor.as_mut() {
                     // SAFETY: the node is ours until the reclaim runs (`data` clause 1).
                     let data = unsafe { node::data(node) };
-                    self.callback(ALL_STRIPES, || dtor(header.obj, data));
+                    self.callback(|| dtor(header.obj, data));
                 }
             }
         }
@@ -659,10 +647,7 @@ impl<F: Flavor> Shadow<F> {
     }
 
     fn assert_not_in_callback(&self, what: &str) {
-        if CALLBACK
-            .with(Cell::get)
-            .is_some_and(|c| c.store == self.addr())
-        {
+        if self.in_callback() {
             panic!(
                 "klp-core: shadow: {what} called from a constructor or destructor of the same \
                  store, which runs under its lock"
@@ -670,12 +655,9 @@ impl<F: Flavor> Shadow<F> {
         }
     }
 
-    /// Run a constructor or destructor, noting which stripe(s) the thread holds.
-    fn callback<R>(&self, stripe: usize, f: impl FnOnce() -> R) -> R {
-        let context = CallbackContext {
-            store: self.addr(),
-            stripe,
-        };
+    /// Run a constructor or destructor, noting that the thread holds the store's locks.
+    fn callback<R>(&self, f: impl FnOnce() -> R) -> R {
+        let context = CallbackContext { store: self.addr() };
         let _restore = ContextRestore(CALLBACK.with(|c| c.replace(Some(context))));
         f()
     }
@@ -685,6 +667,51 @@ impl<F: Flavor> Shadow<F> {
             flavor: &self.flavor,
             batch: Some(Retired::new(Arc::clone(&self.counter))),
         }
+    }
+}
+
+/// Every store's writer locks, for `fork` (see `crate::fork`).
+static STORES: Mutex<Vec<std::sync::Weak<[Stripe]>>> = Mutex::new(Vec::new());
+
+fn register_stripes(stripes: &Arc<[Stripe]>) {
+    crate::fork::install();
+    let mut list = STORES.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(stripes));
+}
+
+/// The stripes of one store held across a fork; the guards go before the stripes.
+struct ForkHeld {
+    _guards: Vec<MutexGuard<'static, usize>>,
+    _stripes: Arc<[Stripe]>,
+}
+
+/// `fork` prepare: every store's stripes, in index order (no constructor runs half way
+/// in the child).
+pub(crate) fn fork_prepare() {
+    let stores: Vec<Arc<[Stripe]>> = STORES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    for stripes in stores {
+        // A constructor of this store on the forking thread holds one: skip the store (its
+        // locks stay as they are, held by this thread in both processes).
+        if CALLBACK.with(Cell::get).is_some() {
+            continue;
+        }
+        let guards: Vec<MutexGuard<'_, usize>> = stripes
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        // SAFETY: the guards borrow from `stripes`, which `ForkHeld` keeps alive and drops
+        // after them (field order); the lifetime is only widened to be stored.
+        let guards: Vec<MutexGuard<'static, usize>> = unsafe { std::mem::transmute(guards) };
+        crate::fork::hold(ForkHeld {
+            _guards: guards,
+            _stripes: stripes,
+        });
     }
 }
 

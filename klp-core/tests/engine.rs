@@ -733,7 +733,10 @@ fn a_thread_born_during_a_transition_starts_at_the_target() {
     disable_wait(&klp, "p_born");
 }
 
-/// The seed's case made visible: a patched function called on a parked thread.
+/// The seed's case made visible: a patched function called on a parked thread (what a
+/// signal handler on a blocked thread does). rcu would not watch the thread there: the
+/// engine makes it watch for the call (the kernel's `rcu_irq_enter`), counts it and warns
+/// once; preempt watches every thread and never needs to.
 fn call_while_parked<F: Flavor + 'static>(klp: Klp<F>) -> u64 {
     patchable! {
         fn e_seed(x: u32) -> u32 { x }
@@ -774,8 +777,9 @@ fn rcu_counts_and_warns_when_not_watching_and_preempt_never_does() {
         .collect();
     assert_eq!(warnings.len(), 1, "{lines:#?}");
     assert!(
-        warnings[0].starts_with("livepatch: handler ran on ")
-            && warnings[0].ends_with("where rcu is not watching: its choice is not protected")
+        warnings[0].starts_with("livepatch: handler ran on task ")
+            && warnings[0].ends_with("where rcu is not watching: made it watch for the call"),
+        "{warnings:?}"
     );
 
     let (klp, cap) = engine(Preempt::new());
