@@ -8,6 +8,73 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/*
+ * What may be called from where
+ * -----------------------------
+ *
+ * libklp calls back into the program: log handlers (klp_set_log_handler), the callbacks
+ * of a patch's objects (pre_patch, post_patch, pre_unpatch, post_unpatch), shadow
+ * constructors and destructors, and kicks (klp_set_thread_kick). A signal handler of the
+ * program may run on a thread in the middle of anything, libklp included. This is what
+ * each may call. ok: works as anywhere else; EDEADLK: returns -EDEADLK at once (it would
+ * wait for what the caller's own thread holds); refused: returns NULL / does nothing;
+ * no: must not be called (it may allocate or take a lock the interrupted code holds).
+ *
+ *                                    thread  log     callback  shadow    kick    signal
+ *                                            handler           ctor/dtor         handler
+ * klp_version, klp_strerror,         ok      ok      ok        ok        ok      ok
+ *   klp_get_state
+ * patchable calls, klp_park,         ok      ok      ok        ok        ok      ok (1)
+ *   klp_unpark, klp_update_patch_state,
+ *   klp_thread_patch_state
+ * klp_patch_enabled, _transition,    ok      ok      ok        ok        ok      ok (2)
+ *   _replace, _stack_order,
+ *   klp_object_patched, klp_patch_list
+ * klp_shadow_get                     ok      ok      ok        ok        ok      ok
+ * klp_synchronize                    ok      ok      ok        ok        ok      ok (3)
+ * klp_wait_transition                ok      (4)     EDEADLK   EDEADLK   EDEADLK ok (5)
+ * klp_enable_patch,                  ok      (4)     EDEADLK   EDEADLK   ok      no (5)
+ *   klp_patch_set_enabled, klp_patch_force,
+ *   klp_object_load/_unload/_coming/_going
+ * klp_shadow_alloc, _get_or_alloc    ok      ok      ok        refused   ok      no
+ * klp_shadow_free, _free_all         ok      ok      ok        refused   ok      no
+ * klp_get_prev_state,                ok      ok      ok        ok        ok      no
+ *   klp_object_state, klp_object_refused
+ * klp_set_log_handler,               ok      ok      ok        ok        ok      no
+ *   klp_set_thread_kick, klp_set_retry_period, klp_set_sync
+ *
+ * (1) With the thread's current patch state, as the kernel runs an interrupt with the
+ *     task's state. A handler never switches its thread while the code it interrupted is
+ *     inside a patchable function or inside libklp's own bookkeeping; where the
+ *     interrupted code is outside both, the thread is at a switch point, and the
+ *     transition worker could switch it there as well. On a parked thread, the handler's
+ *     calls take it out of the parked state for their duration (a checker holding the
+ *     thread is waited for), and the rcu flavor is made to watch them (rcu_irq_enter).
+ *     The first libklp call of a thread allocates nothing (task records are mapped
+ *     memory), so it may happen in a handler.
+ * (2) Read from a view that control operations publish before each of their log lines
+ *     and callbacks: a log handler or callback sees the state its line describes. Once
+ *     the process engine exists (any earlier control, thread or query call made it).
+ * (3) -EDEADLK from a handler that interrupted a read section or a grace period of its
+ *     own thread.
+ * (4) -EDEADLK for the lines of a control operation or of the transition worker (they
+ *     hold the engine's control lock, or are the thread that completes transitions);
+ *     from lines logged elsewhere (a shadow warning, say), as from the thread.
+ * (5) -EDEADLK when the handler interrupted a control operation of its own thread.
+ *
+ * Kicks run on the transition worker, never while the control lock is held, and never
+ * after their thread has begun to exit. Callbacks run with the control lock held, on the
+ * thread that enables or disables, or on the worker. The library's own threads
+ * (klp-transition, klp-rcu, klp-unmap) block every signal.
+ *
+ * fork(): the child is a copy of the calling thread and inherits its patch states and
+ * pending switches (the kernel's klp_copy_process). It can enable, disable, force,
+ * synchronize and wait: a transition in progress at the fork completes in the child (a
+ * new worker is started there) and in the parent alike. The fork waits for a control
+ * operation running on another thread; one that the forking thread is inside (a fork
+ * from a callback) goes on in both processes.
+ */
+
 /* The alignment of struct klp_site (GCC, Clang). */
 #define KLP_ALIGNED(n) __attribute__((aligned(n)))
 
@@ -78,8 +145,9 @@ struct klp_object;
 /*
  A log handler: `level` is one of `KLP_LOG_*`, `line` one whole NUL-terminated line
  without its newline, valid during the call only; `data` is the pointer given to
- `klp_set_log_handler`. It may be called from any thread, concurrently, and must not
- call `klp_set_log_handler`.
+ `klp_set_log_handler`. It may be called from any thread, concurrently; what it may
+ call is in the table of contexts at the top of this header (queries work; a control
+ operation from the line of a control operation returns `-EDEADLK`).
  */
 typedef void (*klp_log_handler_t)(int level, const char *line, void *data);
 
@@ -383,9 +451,11 @@ int klp_object_patched(const char *patch, const char *object);
 
 /*
  Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
- none is (at once when none was), `-ETIMEDOUT` when one still is. The calling thread
- counts as parked (blocked) meanwhile; patchable functions that it left by longjmp
- or an exception no longer count.
+ none is (at once when none was), `-ETIMEDOUT` when one still is, `-EDEADLK` at once
+ when the transition cannot complete before the caller returns (a callback or log line
+ of a control operation, a kick, a shadow constructor or destructor). The calling
+ thread counts as parked (blocked) meanwhile; patchable functions that it left by
+ longjmp or an exception no longer count.
  */
 int klp_wait_transition(unsigned int timeout_ms);
 
@@ -399,10 +469,11 @@ int klp_set_retry_period(unsigned int period_ms);
 /*
  Wait for a grace period of the process engine's flavor (the kernel's
  `synchronize_rcu()`): every read section of the handler that was running when it was
- called has ended (under rcu: every such section of a thread it watches). A thread
- holds a read section only inside `klp_enter`, so any thread may call it.
+ called has ended (under rcu: every such section of a thread it watches). Returns 0,
+ or `-EDEADLK` at once from a signal handler that interrupted a read section or a grace
+ period of its own thread (it would wait for itself).
  */
-void klp_synchronize(void);
+int klp_synchronize(void);
 
 /*
  An explicit switch point (the kernel's `klp_update_patch_state(current)`): the
@@ -464,8 +535,9 @@ void *klp_shadow_get(void *obj, unsigned long id);
  run), when the constructor returns non-zero, or when memory runs out.
 
  `obj` is only a key (NULL is one); `gfp_flags` is ignored. The constructor runs under
- a lock of the store: it may call `klp_shadow_get`, but any other `klp_shadow_*` call
- from it fails (returns NULL or does nothing).
+ a lock of the store: it may call `klp_shadow_get` (of any variable), but any other
+ `klp_shadow_*` call from it, or from a destructor, is refused (returns NULL or does
+ nothing), as is a control operation (`-EDEADLK`).
 
  # Safety
 
@@ -644,7 +716,8 @@ void klp_site_unregister(struct klp_site *site);
 
  Returns 0, `-EINVAL` (`name` NULL, empty, `MODULE_NAME_LEN` (56) bytes or longer,
  or `vmlinux`), `-ENOENT` (not UTF-8: no patch can name it), `-EEXIST` (loaded
- already) or the
+ already), `-EDEADLK` (from a callback or log line of a control operation, or a
+ shadow constructor or destructor: the load needs what the caller holds) or the
  negative errno of a patch that refused the object (its `pre_patch` failed; the
  engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
  object is then not loaded and its functions run their originals.
@@ -658,7 +731,8 @@ int klp_object_load(const char *name);
 /*
  Unload the object `name` (the kernel's module unload): the patches applied to it
  are reverted (`reverting patch '%s' on unloading module '%s'`). Returns 0,
- `-EINVAL` (`name` NULL) or `-ENOENT` (not loaded).
+ `-EINVAL` (`name` NULL), `-ENOENT` (not loaded) or `-EDEADLK` (as
+ [`klp_object_load`]).
 
  # Safety
 

@@ -165,6 +165,31 @@ impl<F: Flavor + 'static> Klp<F> {
         });
     }
 
+    /// The names of the patches in use, oldest first, each followed by a NUL, then one more
+    /// NUL: written to `buf` only when they fit; returns the length they take. One read of
+    /// the view, no allocation (for callers that must not allocate).
+    pub fn patch_names_into(&self, buf: &mut [u8]) -> usize {
+        self.core.with_view(|v| {
+            let need = v
+                .patches
+                .iter()
+                .map(|p| p.info.name.len() + 1)
+                .sum::<usize>()
+                + 1;
+            if need <= buf.len() {
+                let mut at = 0;
+                for p in &v.patches {
+                    let n = p.info.name.as_bytes();
+                    buf[at..at + n.len()].copy_from_slice(n);
+                    buf[at + n.len()] = 0;
+                    at += n.len() + 1;
+                }
+                buf[at] = 0;
+            }
+            need
+        })
+    }
+
     /// Every task's state in this engine (`/proc/<pid>/task/*/patch_state`).
     pub fn tasks(&self) -> Vec<TaskInfo> {
         let tasks = task::lock();

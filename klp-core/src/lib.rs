@@ -118,7 +118,16 @@ pub use crate::task::{
 #[cfg(not(klp_loom))]
 pub use crate::thread::STACK_DEPTH;
 #[cfg(not(klp_loom))]
-pub use crate::transition::SIGNALS_TIMEOUT;
+pub use crate::transition::{SIGNALS_TIMEOUT, on_worker_thread};
+
+/// Whether the calling thread runs inside a control operation of an engine (an enable, a
+/// disable, a force, an object coming or going: their log lines and callbacks), which
+/// holds that engine's control lock: another control operation from here returns
+/// [`KlpError::Deadlock`].
+#[cfg(not(klp_loom))]
+pub fn in_control_operation() -> bool {
+    crate::core::holds_any_control() || crate::object::loading()
+}
 
 /// Whether the calling thread is inside a read section of a flavor, or inside libklp's
 /// own bookkeeping of a patchable call: a signal handler that runs there must not wait

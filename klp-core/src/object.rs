@@ -112,6 +112,11 @@ thread_local! {
     static LOADING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the calling thread loads or unloads an object (runs its callbacks).
+pub(crate) fn loading() -> bool {
+    LOADING.with(Cell::get)
+}
+
 /// The loader lock, held.
 pub(crate) struct LoaderGuard {
     _lock: MutexGuard<'static, ()>,

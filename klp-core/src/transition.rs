@@ -544,7 +544,7 @@ impl<F: Flavor + 'static> Core<F> {
     /// Wait until no transition is in progress (see [`crate::Klp::wait`]).
     pub(crate) fn wait(&'static self, timeout: Duration) -> Result<(), KlpError> {
         let end = Instant::now() + timeout;
-        if crate::core::holds_control(self.bit) {
+        if crate::core::holds_control(self.bit) || on_worker_thread() {
             return if self.target.load(Ordering::Acquire) == KLP_TRANSITION_IDLE {
                 Ok(())
             } else {
@@ -607,6 +607,7 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     fn work(&'static self) {
+        ON_WORKER.with(|w| w.set(true));
         loop {
             let token = self.worker.wake.token();
             let timer = {
@@ -637,6 +638,18 @@ impl<F: Flavor + 'static> Core<F> {
             }
         }
     }
+}
+
+thread_local! {
+    /// The calling thread is a transition worker.
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is an engine's transition worker (where kicks, the worker's
+/// log lines and its callbacks run): waiting there for a transition would wait for
+/// itself.
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(std::cell::Cell::get)
 }
 
 /// An empty patch record, to move a record out of the list while the engine uses both.

@@ -126,6 +126,8 @@ const EEXIST: c_int = libc::EEXIST;
 const ENOMEM: c_int = libc::ENOMEM;
 /// `-ETIMEDOUT`.
 const ETIMEDOUT: c_int = libc::ETIMEDOUT;
+/// `-EDEADLK`.
+pub(crate) const EDEADLK: c_int = libc::EDEADLK;
 
 /// A library error (not an errno): a panic inside libklp was caught at the boundary. The
 /// operation may have been carried out in part; the process should stop using libklp.
@@ -159,6 +161,14 @@ unsafe fn str_arg<'a>(s: *const c_char) -> Result<&'a str, c_int> {
     let s = unsafe { CStr::from_ptr(s) };
     // Not UTF-8: no patch or object has such a name.
     s.to_str().map_err(|_| -ENOENT)
+}
+
+/// Whether a control operation from the calling thread would wait for what the thread
+/// itself holds: it runs a control operation's callback or log line, or a shadow
+/// constructor or destructor (whose lock a callback of the operation may be waiting
+/// for).
+pub(crate) fn control_would_deadlock() -> bool {
+    klp_core::in_control_operation() || shadow().in_callback()
 }
 
 fn status(r: Result<(), KlpError>) -> c_int {
@@ -196,6 +206,7 @@ pub extern "C" fn klp_strerror(err: c_int) -> *const c_char {
         e if e == -EEXIST => c"file exists (EEXIST)",
         e if e == -ENOMEM => c"out of memory (ENOMEM)",
         e if e == -ETIMEDOUT => c"timed out (ETIMEDOUT)",
+        e if e == -EDEADLK => c"called from a context where it would deadlock (EDEADLK)",
         KLP_ERROR_PANIC => c"internal error: a panic was caught in libklp",
         _ => c"unknown error",
     };
@@ -218,8 +229,9 @@ pub const KLP_LOG_DEBUG: c_int = 7;
 
 /// A log handler: `level` is one of `KLP_LOG_*`, `line` one whole NUL-terminated line
 /// without its newline, valid during the call only; `data` is the pointer given to
-/// `klp_set_log_handler`. It may be called from any thread, concurrently, and must not
-/// call `klp_set_log_handler`.
+/// `klp_set_log_handler`. It may be called from any thread, concurrently; what it may
+/// call is in the table of contexts at the top of this header (queries work; a control
+/// operation from the line of a control operation returns `-EDEADLK`).
 #[allow(non_camel_case_types)]
 pub type klp_log_handler_t =
     Option<unsafe extern "C" fn(level: c_int, line: *const c_char, data: *mut c_void)>;
@@ -227,7 +239,71 @@ pub type klp_log_handler_t =
 /// The process's log, shared by the engine and the shadow variables.
 fn log() -> &'static Log {
     static LOG: OnceLock<Log> = OnceLock::new();
-    LOG.get_or_init(Log::default)
+    LOG.get_or_init(|| {
+        install_fork();
+        Log::default()
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// fork: the child can patch, unpatch, synchronize and wait (see klp_core's fork
+// handlers, which run after ours in the parent's prepare: the C layer's locks come
+// first, as `klp_enable_patch` takes them before the engine's).
+
+/// Something held across a fork.
+struct ForkHeld(#[allow(dead_code)] Box<dyn std::any::Any>);
+
+// SAFETY: taken in `prepare` and dropped in `parent` or `child`, on the forking thread.
+unsafe impl Send for ForkHeld {}
+
+static FORK_HELD: Mutex<Vec<ForkHeld>> = Mutex::new(Vec::new());
+
+/// Keep `value` (a lock guard) across the fork.
+fn fork_hold<T: 'static>(value: T) {
+    FORK_HELD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ForkHeld(Box::new(value)));
+}
+
+fn fork_release() {
+    let mut held = std::mem::take(&mut *FORK_HELD.lock().unwrap_or_else(|e| e.into_inner()));
+    while let Some(h) = held.pop() {
+        drop(h);
+    }
+}
+
+/// Install the handlers once, after klp-core's (so ours run first in the prepare).
+fn install_fork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        klp_core::install_fork_handlers();
+        extern "C" fn prepare() {
+            fork_guarded(|| {
+                patch::fork_prepare();
+                site::fork_prepare();
+                fork_hold(SYNC.lock().unwrap_or_else(|e| e.into_inner()));
+            });
+        }
+        extern "C" fn parent() {
+            fork_guarded(fork_release);
+        }
+        extern "C" fn child() {
+            fork_guarded(|| {
+                fork_release();
+                patch::fork_child();
+            });
+        }
+        // SAFETY: plain functions that never unwind (`fork_guarded`).
+        let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        assert_eq!(r, 0, "pthread_atfork: {r}");
+    });
+}
+
+fn fork_guarded(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        std::process::abort();
+    }
 }
 
 /// A C pointer handed back to C, on any thread: the C side promised that is fine.
@@ -327,14 +403,6 @@ impl Engine {
         dispatch!(self, k => k.set_retry_period(period))
     }
 
-    fn patch(&self, name: &str) -> Option<PatchInfo> {
-        dispatch!(self, k => k.patch(name))
-    }
-
-    fn patches(&self) -> Vec<PatchInfo> {
-        dispatch!(self, k => k.patches())
-    }
-
     /// See [`Klp::get_state`].
     pub fn get_state(&self, patch: &str, id: u64) -> Option<Arc<klp_core::State>> {
         dispatch!(self, k => k.get_state(patch, id))
@@ -362,6 +430,7 @@ static SYNC: Mutex<SyncChoice> = Mutex::new(SyncChoice {
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
+        install_fork();
         let flavor = {
             let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
             s.used = true;
@@ -427,10 +496,7 @@ unsafe fn with_patch(patch: *const c_char, f: impl FnOnce(&PatchInfo) -> c_int) 
         Ok(n) => n,
         Err(e) => return e,
     };
-    match engine().patch(name) {
-        Some(info) => f(&info),
-        None => -ENOENT,
-    }
+    dispatch!(engine(), k => k.with_patch(name, |i| i.map_or(-ENOENT, f)))
 }
 
 /// The names of the patches in use (the directories of `/sys/kernel/livepatch`), in
@@ -448,17 +514,14 @@ pub unsafe extern "C" fn klp_patch_list(buf: *mut c_char, len: usize) -> c_int {
         if buf.is_null() && len != 0 {
             return -EINVAL;
         }
-        let mut list = Vec::new();
-        for p in engine().patches() {
-            list.extend_from_slice(p.name.as_bytes());
-            list.push(0);
-        }
-        list.push(0);
-        if list.len() <= len {
-            // SAFETY: clause 1: `buf` is valid for `len` bytes, and `list` fits.
-            unsafe { std::ptr::copy_nonoverlapping(list.as_ptr(), buf.cast::<u8>(), list.len()) };
-        }
-        c_int::try_from(list.len()).unwrap_or(c_int::MAX)
+        let out: &mut [u8] = if buf.is_null() {
+            &mut []
+        } else {
+            // SAFETY: clause 1: `buf` is valid for writes of `len` bytes.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+        };
+        let need = dispatch!(engine(), k => k.patch_names_into(out));
+        c_int::try_from(need).unwrap_or(c_int::MAX)
     })
 }
 
@@ -513,6 +576,9 @@ pub unsafe extern "C" fn klp_patch_set_enabled(patch: *const c_char, enabled: c_
 /// 1. As [`klp_patch_set_enabled`] clause 1.
 unsafe extern "C" fn set_enabled_sp(patch: *const c_char, enabled: c_int, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        if control_would_deadlock() {
+            return -EDEADLK;
+        }
         forget_left_frames(sp);
         // SAFETY: clause 1.
         let name = match unsafe { str_arg(patch) } {
@@ -547,6 +613,9 @@ pub unsafe extern "C" fn klp_patch_transition(patch: *const c_char) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn klp_patch_force(patch: *const c_char) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        if control_would_deadlock() {
+            return -EDEADLK;
+        }
         // SAFETY: clause 1.
         let name = match unsafe { str_arg(patch) } {
             Ok(n) => n,
@@ -613,19 +682,23 @@ pub unsafe extern "C" fn klp_object_patched(patch: *const c_char, object: *const
                 Err(e) => return e,
             }
         };
-        engine().patch(name).map_or(-ENOENT, |i| {
-            i.objects
-                .iter()
-                .find(|(o, _)| o == object)
-                .map_or(-ENOENT, |(_, patched)| c_int::from(*patched))
-        })
+        dispatch!(engine(), k => k.with_patch(name, |i| {
+            i.map_or(-ENOENT, |i| {
+                i.objects
+                    .iter()
+                    .find(|(o, _)| o == object)
+                    .map_or(-ENOENT, |(_, patched)| c_int::from(*patched))
+            })
+        }))
     })
 }
 
 /// Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
-/// none is (at once when none was), `-ETIMEDOUT` when one still is. The calling thread
-/// counts as parked (blocked) meanwhile; patchable functions that it left by longjmp
-/// or an exception no longer count.
+/// none is (at once when none was), `-ETIMEDOUT` when one still is, `-EDEADLK` at once
+/// when the transition cannot complete before the caller returns (a callback or log line
+/// of a control operation, a kick, a shadow constructor or destructor). The calling
+/// thread counts as parked (blocked) meanwhile; patchable functions that it left by
+/// longjmp or an exception no longer count.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
@@ -645,13 +718,12 @@ pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
 
 extern "C" fn wait_transition_sp(timeout_ms: c_uint, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        if shadow().in_callback() {
+            return -EDEADLK;
+        }
         forget_left_frames(sp);
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        if dispatch!(engine(), k => k.wait_transition(timeout)) {
-            0
-        } else {
-            -ETIMEDOUT
-        }
+        status(dispatch!(engine(), k => k.wait(timeout)))
     })
 }
 
@@ -671,11 +743,29 @@ pub extern "C" fn klp_set_retry_period(period_ms: c_uint) -> c_int {
 
 /// Wait for a grace period of the process engine's flavor (the kernel's
 /// `synchronize_rcu()`): every read section of the handler that was running when it was
-/// called has ended (under rcu: every such section of a thread it watches). A thread
-/// holds a read section only inside `klp_enter`, so any thread may call it.
+/// called has ended (under rcu: every such section of a thread it watches). Returns 0,
+/// or `-EDEADLK` at once from a signal handler that interrupted a read section or a grace
+/// period of its own thread (it would wait for itself).
 #[unsafe(no_mangle)]
-pub extern "C" fn klp_synchronize() {
-    guard((), || dispatch!(engine(), k => k.flavor().synchronize()));
+pub extern "C" fn klp_synchronize() -> c_int {
+    thread_local! {
+        static IN_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    guard(KLP_ERROR_PANIC, || {
+        if klp_sync::in_read_section() || IN_SYNC.with(std::cell::Cell::get) {
+            return -EDEADLK;
+        }
+        IN_SYNC.with(|s| s.set(true));
+        struct Clear;
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                IN_SYNC.with(|s| s.set(false));
+            }
+        }
+        let _clear = Clear;
+        dispatch!(engine(), k => k.flavor().synchronize());
+        0
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -834,7 +924,10 @@ pub type klp_shadow_dtor_t =
 /// patched function.
 fn shadow() -> &'static Shadow<Rcu> {
     static SHADOW: OnceLock<Shadow<Rcu>> = OnceLock::new();
-    SHADOW.get_or_init(|| Shadow::new(Arc::new(Rcu::new()), log().clone()))
+    SHADOW.get_or_init(|| {
+        install_fork();
+        Shadow::new(Arc::new(Rcu::new()), log().clone())
+    })
 }
 
 /// The id as the store keeps it (`unsigned long` is at most 64 bits on Linux).
@@ -858,8 +951,22 @@ fn data_ptr(p: Option<NonNull<u8>>) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_shadow_get(obj: *mut c_void, id: c_ulong) -> *mut c_void {
     guard(ptr::null_mut(), || {
+        shadow_register();
         data_ptr(shadow().get(obj.cast_const(), shadow_id(id)))
     })
+}
+
+/// Register the calling thread with the store's rcu flavor once, so that its lookups are
+/// watched without the `irq_enter` the store makes for unwatched threads.
+#[inline]
+fn shadow_register() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !DONE.with(std::cell::Cell::get) {
+        DONE.with(|d| d.set(true));
+        shadow().flavor().register_current_thread();
+    }
 }
 
 /// Allocate, construct and attach: the body of `klp_shadow_alloc` and
@@ -886,6 +993,11 @@ unsafe fn shadow_alloc(
     });
     let ctor = call.as_mut().map(|c| -> klp_core::shadow::Ctor<'_> { c });
     let s = shadow();
+    if s.in_callback() {
+        // From a constructor or destructor: the store's lock is held (refused).
+        return ptr::null_mut();
+    }
+    shadow_register();
     let id = shadow_id(id);
     data_ptr(if exclusive {
         s.alloc(obj.cast_const(), id, size, ctor)
@@ -901,8 +1013,9 @@ unsafe fn shadow_alloc(
 /// run), when the constructor returns non-zero, or when memory runs out.
 ///
 /// `obj` is only a key (NULL is one); `gfp_flags` is ignored. The constructor runs under
-/// a lock of the store: it may call `klp_shadow_get`, but any other `klp_shadow_*` call
-/// from it fails (returns NULL or does nothing).
+/// a lock of the store: it may call `klp_shadow_get` (of any variable), but any other
+/// `klp_shadow_*` call from it, or from a destructor, is refused (returns NULL or does
+/// nothing), as is a control operation (`-EDEADLK`).
 ///
 /// # Safety
 ///
@@ -976,6 +1089,9 @@ pub unsafe extern "C" fn klp_shadow_free(obj: *mut c_void, id: c_ulong, dtor: kl
         // SAFETY: clause 1 is dtor_closure's.
         let mut d = dtor.map(|f| unsafe { dtor_closure(f) });
         let d = d.as_mut().map(|d| -> klp_core::shadow::Dtor<'_> { d });
+        if shadow().in_callback() {
+            return;
+        }
         shadow().free(obj.cast_const(), shadow_id(id), d);
     });
 }
@@ -993,6 +1109,9 @@ pub unsafe extern "C" fn klp_shadow_free_all(id: c_ulong, dtor: klp_shadow_dtor_
         // SAFETY: clause 1 is dtor_closure's.
         let mut d = dtor.map(|f| unsafe { dtor_closure(f) });
         let d = d.as_mut().map(|d| -> klp_core::shadow::Dtor<'_> { d });
+        if shadow().in_callback() {
+            return;
+        }
         shadow().free_all(shadow_id(id), d);
     });
 }

@@ -120,8 +120,9 @@ unsafe impl<T> Sync for CPtr<T> {}
 /// The C patch structs of the patches in use, by name.
 /// Each entry is the struct's address and the number of the enable that registered it
 /// (the same struct may be enabled again before the release of its previous use).
+static REG: Mutex<Option<HashMap<String, (usize, u64)>>> = Mutex::new(None);
+
 fn registered<R>(f: impl FnOnce(&mut HashMap<String, (usize, u64)>) -> R) -> R {
-    static REG: Mutex<Option<HashMap<String, (usize, u64)>>> = Mutex::new(None);
     let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(HashMap::new))
 }
@@ -140,6 +141,31 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     m.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
+/// The unmapping thread's queue.
+static UNMAPPER: Mutex<Option<mpsc::Sender<Pins>>> = Mutex::new(None);
+
+thread_local! {
+    /// The calling thread holds `ENABLE` (its enable's callbacks and log lines run).
+    static ENABLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `fork` prepare: this file's locks, in the order `klp_enable_patch` takes them.
+pub(crate) fn fork_prepare() {
+    if !ENABLING.with(std::cell::Cell::get) {
+        crate::fork_hold(ENABLE.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    crate::fork_hold(REG.lock().unwrap_or_else(|e| e.into_inner()));
+    crate::fork_hold(UNMAPPER.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// `fork` child (locks released): the unmapping thread does not exist here; the
+/// references queued for it stay (the objects stay mapped in the child).
+pub(crate) fn fork_child() {
+    if let Some(tx) = UNMAPPER.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        std::mem::forget(tx);
+    }
+}
+
 /// References (`dlopen` handles) that keep the shared objects of a patch mapped.
 struct Pins(Vec<usize>);
 
@@ -152,21 +178,19 @@ impl Pins {
         if self.0.is_empty() {
             return;
         }
-        static UNMAPPER: Mutex<Option<mpsc::Sender<Pins>>> = Mutex::new(None);
         let mut tx = UNMAPPER.lock().unwrap_or_else(|e| e.into_inner());
         let tx = tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<Pins>();
-            std::thread::Builder::new()
-                .name("klp-unmap".into())
-                .spawn(move || {
-                    for pins in rx {
-                        for h in pins.0 {
-                            // SAFETY: a handle of `dlopen` that nothing else closes.
-                            unsafe { libc::dlclose(h as *mut c_void) };
-                        }
+            // Signals blocked: a program's handler never runs on the library's threads.
+            klp_sync::spawn_service("klp-unmap", move || {
+                for pins in rx {
+                    for h in pins.0 {
+                        // SAFETY: a handle of `dlopen` that nothing else closes.
+                        unsafe { libc::dlclose(h as *mut c_void) };
                     }
-                })
-                .expect("spawn the unmapping thread");
+                }
+            })
+            .expect("spawn the unmapping thread");
             tx
         });
         // The receiver lives as long as the process (the thread never exits).
@@ -198,9 +222,10 @@ fn object_of(addr: *const c_void) -> *const LinkMap {
 }
 
 /// Take a reference on every shared object (not the main program, not libklp) that
-/// holds `patch`'s structs, replacement functions or callbacks: `dlopen` of a loaded
-/// object by its own name with `RTLD_NOLOAD` counts one more user, so that the program's
-/// `dlclose` does not unmap it while the patch can still run.
+/// holds `patch`'s structs, replacement functions or callbacks, or the sites of the
+/// functions it patches in the main program's object: `dlopen` of a loaded object by
+/// its own name with `RTLD_NOLOAD` counts one more user, so that the program's `dlclose`
+/// does not unmap it while the patch can still run or its func stacks use the site.
 ///
 /// # Safety
 ///
@@ -217,6 +242,23 @@ unsafe fn pin_objects(patch: *mut klp_patch) -> Pins {
         addrs.push(o.funcs.cast_const().cast());
         // SAFETY: clause 1.
         addrs.extend(unsafe { funcs(o.funcs) }.map(|f| f.new_func.cast_const()));
+        // The functions it patches in the main program's object (vmlinux) may live in a
+        // shared object without an object of its own: closing it would unmap a site the
+        // patch uses (named objects are modules: closing one unpatches it instead).
+        if o.name.is_null() {
+            // SAFETY: clause 1.
+            for f in unsafe { funcs(o.funcs) } {
+                if f.old_name.is_null() {
+                    continue;
+                }
+                // SAFETY: clause 1: a NUL-terminated name.
+                let name = unsafe { CStr::from_ptr(f.old_name) }.to_string_lossy();
+                #[allow(clippy::unnecessary_cast)]
+                if let Some(site) = klp_core::lookup(None, &name, f.old_sympos as u64) {
+                    addrs.push(std::ptr::from_ref(site).cast());
+                }
+            }
+        }
         let c = &o.callbacks;
         addrs.extend(c.pre_patch.map(|f| f as *const c_void));
         for f in [c.post_patch, c.pre_unpatch, c.post_unpatch]
@@ -461,6 +503,9 @@ pub unsafe extern "C" fn klp_enable_patch(patch: *mut klp_patch) -> c_int {
 /// 1. As [`klp_enable_patch`] clause 1.
 unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
+        if crate::control_would_deadlock() {
+            return -crate::EDEADLK;
+        }
         crate::forget_left_frames(sp);
         // SAFETY: clause 1 is convert's.
         let (p, name) = match unsafe { convert(patch) } {
@@ -490,6 +535,14 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
             }
         });
         let _one = ENABLE.lock().unwrap_or_else(|e| e.into_inner());
+        ENABLING.with(|e| e.set(true));
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                ENABLING.with(|e| e.set(false));
+            }
+        }
+        let _done = Done;
         let previous = registered(|reg| reg.insert(name.clone(), me));
         let e = engine();
         let r = e.enable(p);

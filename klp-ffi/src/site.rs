@@ -173,7 +173,8 @@ pub unsafe extern "C" fn klp_site_unregister(site: *mut klp_site) {
 ///
 /// Returns 0, `-EINVAL` (`name` NULL, empty, `MODULE_NAME_LEN` (56) bytes or longer,
 /// or `vmlinux`), `-ENOENT` (not UTF-8: no patch can name it), `-EEXIST` (loaded
-/// already) or the
+/// already), `-EDEADLK` (from a callback or log line of a control operation, or a
+/// shadow constructor or destructor: the load needs what the caller holds) or the
 /// negative errno of a patch that refused the object (its `pre_patch` failed; the
 /// engine logs `patch '%s' failed for module '%s', refusing to load module '%s'`): the
 /// object is then not loaded and its functions run their originals.
@@ -193,6 +194,9 @@ pub unsafe extern "C" fn klp_object_load(name: *const c_char) -> c_int {
         if name.is_empty() || name.len() >= klp_core::MODULE_NAME_LEN {
             return -crate::EINVAL;
         }
+        if crate::control_would_deadlock() {
+            return -crate::EDEADLK;
+        }
         match klp_core::load_object(name, || {}) {
             Ok(()) => 0,
             Err(e) => e.errno(),
@@ -202,7 +206,8 @@ pub unsafe extern "C" fn klp_object_load(name: *const c_char) -> c_int {
 
 /// Unload the object `name` (the kernel's module unload): the patches applied to it
 /// are reverted (`reverting patch '%s' on unloading module '%s'`). Returns 0,
-/// `-EINVAL` (`name` NULL) or `-ENOENT` (not loaded).
+/// `-EINVAL` (`name` NULL), `-ENOENT` (not loaded) or `-EDEADLK` (as
+/// [`klp_object_load`]).
 ///
 /// # Safety
 ///
@@ -215,6 +220,9 @@ pub unsafe extern "C" fn klp_object_unload(name: *const c_char) -> c_int {
             Ok(n) => n,
             Err(e) => return e,
         };
+        if crate::control_would_deadlock() {
+            return -crate::EDEADLK;
+        }
         match klp_core::unload_object(name, || {}) {
             Ok(()) => 0,
             Err(e) => e.errno(),
@@ -251,6 +259,11 @@ pub unsafe extern "C" fn klp_object_coming(name: *const c_char) -> c_int {
         }
     });
     r
+}
+
+/// `fork` prepare: the refusals.
+pub(crate) fn fork_prepare() {
+    crate::fork_hold(refusals().lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// The negative errnos of the objects whose `klp_object_coming` was refused, by name.

@@ -10,29 +10,53 @@ use crate::Flavor;
 use crate::local;
 use crate::os::{self, ProcessBarrier};
 use crate::reader::{self, SlotToken};
-use std::sync::Mutex;
-
-/// Serializes grace periods of every preempt instance: the kernel's
-/// `schedule_on_each_cpu` callers do not share, and there is one set of CPUs (here, one
-/// registry of reader slots) for all of them.
-static SERIAL: Mutex<()> = Mutex::new(());
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// The preempt flavor (see the module documentation of the crate).
 pub struct Preempt {
-    _private: (),
+    /// Serializes grace periods: the kernel's `schedule_on_each_cpu` callers do not share.
+    serial: Arc<Mutex<()>>,
 }
+
+/// Every instance's lock, for the fork handlers.
+static INSTANCES: Mutex<Vec<Weak<Mutex<()>>>> = Mutex::new(Vec::new());
 
 impl Preempt {
     /// A new instance. The first instance of the process decides the barrier mode.
     pub fn new() -> Self {
         os::init();
-        Preempt { _private: () }
+        let serial = Arc::new(Mutex::new(()));
+        let mut list = INSTANCES.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&serial));
+        Preempt { serial }
     }
+}
+
+/// An instance's lock held across a fork; the guard goes before the lock.
+struct ForkHeld {
+    _guard: MutexGuard<'static, ()>,
+    _lock: Arc<Mutex<()>>,
 }
 
 /// `fork` (see `crate::fork`): no grace period is half done in the child.
 pub(crate) fn fork_prepare() {
-    crate::fork::hold(SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
+    let locks: Vec<Arc<Mutex<()>>> = INSTANCES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for lock in locks {
+        let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the guard borrows from `lock`, which `ForkHeld` keeps alive and drops
+        // after it (field order); the lifetime is only widened to be stored.
+        let g: MutexGuard<'static, ()> = unsafe { std::mem::transmute(g) };
+        crate::fork::hold(ForkHeld {
+            _guard: g,
+            _lock: lock,
+        });
+    }
 }
 
 impl Default for Preempt {
@@ -50,7 +74,7 @@ impl std::fmt::Debug for Preempt {
 impl Preempt {
     fn grace_period(&self, spin_only: bool) {
         local::assert_outside("synchronize");
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         local::REGISTRY.grace_period(&ProcessBarrier, |_| true, spin_only);
     }
 }
