@@ -298,3 +298,21 @@ fn a_handler_on_a_parked_thread_calls_in() {
         m.thread.unpark(h);
     });
 }
+
+#[test]
+fn a_switch_point_while_parked_against_the_parked_claim() {
+    // `klp_update_patch_state` on a parked thread used to rewrite its stack while the
+    // worker held it claimed: the switch point takes the thread out of PARKED first.
+    with_handler_everywhere(HandlerOp::Call, |m, h| {
+        let a = m.enter(OUTER, 1000, h);
+        m.thread.park(h);
+        m.thread.switch_point(900, h, |_| m.switch_own());
+        m.thread.unpark(h);
+        let b = m.enter(INNER, 890, h);
+        if a != b {
+            m.mixed.store(true, Ordering::SeqCst);
+        }
+        m.leave(890, h);
+        m.leave(1000, h);
+    });
+}
