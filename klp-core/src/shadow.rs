@@ -67,9 +67,10 @@
 //!
 //! A read section only protects a thread that the flavor watches
 //! ([`Flavor::is_watching`]; with the rcu flavor, a registered and unparked thread). On
-//! any other thread `get` looks the pair up under the bucket's stripe lock instead, where
-//! no node of that bucket can be unlinked. So `get` is sound on every thread; what such a
-//! thread may do with the result is discussed below.
+//! any other thread `get` makes the flavor watch it for the lookup
+//! ([`Flavor::irq_enter`], the kernel's `rcu_irq_enter`), so `get` is lock-free and sound
+//! on every thread, also in a constructor or destructor and in a signal handler. What
+//! such a thread may do with the result is discussed below.
 //!
 //! # Using the pointers
 //!
@@ -90,8 +91,9 @@
 //!
 //! They run on the calling thread, under the bucket's stripe lock (`free_all`: under all
 //! of them), like the kernel's under its spinlock. They may call [`Shadow::get`] on the
-//! same store, but not `alloc`, `get_or_alloc`, `free`, `free_all` or [`Shadow::len`]:
-//! those would wait for the lock the thread already holds, and panic instead. They must
+//! same store (of any variable), but not `alloc`, `get_or_alloc`, `free`, `free_all` or
+//! [`Shadow::len`]: those would wait for the lock the thread already holds, and panic
+//! instead ([`Shadow::in_callback`] tells a caller that must not panic). They must
 //! not wait for a grace period either. A panic in a constructor attaches nothing and
 //! propagates; a panic in a destructor propagates after every node already unlinked has
 //! been handed to the reclaim (the remaining destructors of a `free_all` do not run).

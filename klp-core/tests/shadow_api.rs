@@ -445,7 +445,9 @@ fn drop_frees_everything<F: Flavor>(flavor: Arc<F>) {
 }
 
 /// A thread the flavor does not watch (never registered with rcu) still gets correct
-/// answers: its lookups take the bucket's lock, also from inside a constructor.
+/// answers, also from inside a constructor and for variables of any bucket (the store
+/// makes the flavor watch it for the lookup). With 4096 buckets, a constructor's lookups
+/// of 300 other variables used to fail for all but those of its own lock stripe.
 fn unwatched_thread<F: Flavor>(flavor: Arc<F>) {
     let shadow = Shadow::with_buckets(Arc::clone(&flavor), Log::new(Capture::new()), 1);
     let p = {
@@ -474,6 +476,32 @@ fn unwatched_thread<F: Flavor>(flavor: Arc<F>) {
     });
     flavor.barrier();
     assert_eq!(shadow.outstanding(), 1);
+
+    let wide = Shadow::new(Arc::clone(&flavor), Log::new(Capture::new()));
+    {
+        let _r = Registered::new(&*flavor);
+        for n in 0..300 {
+            wide.alloc_with(obj(1000 + n), 7, || n as u64)
+                .expect("alloc");
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut found = 0u64;
+            let mut ctor = |_: *const c_void, _: NonNull<u8>| {
+                for n in 0..300 {
+                    if let Some(p) = wide.get(obj(1000 + n), 7) {
+                        // SAFETY: made as a u64 above, not freed.
+                        assert_eq!(unsafe { *p.cast::<u64>().as_ptr() }, n as u64);
+                        found += 1;
+                    }
+                }
+                Ok(())
+            };
+            wide.alloc(obj(2000), 7, 8, Some(&mut ctor)).expect("alloc");
+            assert_eq!(found, 300, "lookups from a constructor");
+        });
+    });
 }
 
 /// The constructor is atomic with respect to other insertions of the same key: while it

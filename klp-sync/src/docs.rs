@@ -95,8 +95,12 @@
 //!
 //! Threads register explicitly and go offline while parked (blocked). `synchronize` skips
 //! unregistered and offline threads, so their read sections are not protected, and
-//! `is_watching()` says so: this is the kernel's hazard, kept on purpose, and the engine
-//! counts and reports it. In exchange, grace periods are shared: a sequence number is odd
+//! `is_watching()` says so: this is the kernel's hazard, kept visible on purpose. The
+//! kernel's answer for an interrupt on an idle CPU, `rcu_irq_enter()`, is
+//! `Flavor::irq_enter`: the thread is watched for one read section (a flag store and a
+//! fence, restored exactly afterwards, so a signal handler may use it anywhere). The
+//! engine makes every handler read section watched this way and counts how often rcu
+//! needed it; preempt never does. In exchange, grace periods are shared: a sequence number is odd
 //! while a grace period runs; a caller needs the grace period that *begins* after its call,
 //! leads one if none runs, and otherwise sleeps until one that began after it ends. Every
 //! caller that arrives during a grace period rides the next single one, so K simultaneous
