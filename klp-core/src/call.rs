@@ -20,10 +20,10 @@ use crate::site::{Site, choose};
 use crate::task::{self, Task};
 use crate::thread::{Frames, Reserved};
 
-/// The production hooks of a task: frames compared within one stack.
+/// The production hooks: an entry is left when the running call covers its frame.
 #[inline(always)]
-fn hooks(task: &Task) -> Frames<impl Fn(usize, usize) -> bool + '_> {
-    Frames(move |entry, frame| task.left(entry, frame))
+fn hooks(_task: &Task) -> Frames<fn(usize, usize) -> bool> {
+    Frames(task::left)
 }
 
 /// Reserve the activation of a call at `frame`: fast, or out of line.
@@ -161,7 +161,7 @@ pub unsafe fn enter_split(
         && let Some((r, wait)) = task.thread.try_enter_fast(frame, &hooks(task))
     {
         if wait || (r.may_switch() && task.pending.load(Ordering::Relaxed) != 0) {
-            return enter_reserved(site, task, r, wait, frame, task_out);
+            return enter_reserved(site, task, r, frame, task_out);
         }
         if site.owner.load(Ordering::Acquire).is_null() {
             let imp = site.original.0;
@@ -214,13 +214,11 @@ extern "C" fn enter_reserved(
     site: &'static Site,
     task: &'static Task,
     r: Reserved,
-    wait: bool,
     frame: usize,
     task_out: *mut *const Task,
 ) -> *const () {
-    if wait {
-        task.thread.wait_unclaimed();
-    }
+    // A claim seen by the reservation's check (a load when there is none).
+    task.thread.wait_unclaimed();
     // AssertUnwindSafe: on a panic the reserved entry is still published, with the
     // original.
     let imp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -261,7 +259,7 @@ extern "C" fn enter_slow(
         return site.original.0;
     };
     let r = reserve(task, frame);
-    enter_reserved(site, task, r, false, frame, task_out)
+    enter_reserved(site, task, r, frame, task_out)
 }
 
 /// [`leave_task`] for the call path of [`enter_split`]: `task` is what it wrote to

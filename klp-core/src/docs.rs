@@ -100,12 +100,16 @@
 //! # Several stacks: alternate signal stacks and coroutines
 //!
 //! Entries left without returning (`longjmp`, an exception, cancellation) are dropped
-//! when provably left: at or below the current frame *on the same stack*. The thread's
-//! own stack and its alternate signal stack are known (the former is looked up once
-//! from `/proc/self/maps` without allocating); a coroutine's stack (`swapcontext`) is
-//! not, and nothing is ever dropped by comparing frames across stacks. A function that
-//! returns on one stack while calls of another are live above its entry marks its entry
-//! returned (a tombstone, popped when it reaches the top). What holds with coroutines:
-//! never a switch while a patched function is live on any of the thread's stacks; a
-//! coroutine abandoned inside a patchable function, or left by `longjmp` on its own
-//! stack, keeps its entries, and the thread switches only when forced (conservative).
+//! only when provably left: when the entry's frame lies in the memory that the running
+//! call occupies at that moment (between the deciding function's own frame and the frame
+//! of the call, or the stack pointer of the caller of a switch point). Two live frames
+//! never share memory, so such an entry is dead, whatever stack it was on; no bounds of
+//! any stack are needed, and an entry anywhere else is kept. A suspended coroutine's
+//! calls (`swapcontext`, on a stack from the heap, a mapping, or an array on the thread's
+//! own stack), and the code a signal handler on an alternate stack interrupted, are
+//! therefore never dropped. A function that returns on one stack while calls of another
+//! are live above its entry marks its entry returned (a tombstone, popped when it
+//! reaches the top). What holds: never a switch while a patched function is live on any
+//! of the thread's stacks. The conservative cost: entries left below every call the
+//! thread makes afterwards stay (the thread switches only when a later call covers them,
+//! or when forced), and so does a coroutine abandoned inside a patchable function.

@@ -41,7 +41,7 @@
 //! worker), `state.rs`, `module.rs` (objects coming and going in an engine), `control.rs`
 //! (the read-only view); below them `thread.rs` (the per-thread state machine), `task.rs`
 //! (task records), `registry.rs` (engines by slot), `site.rs`, `call.rs` (the call path),
-//! `object.rs` (loading objects), `fork.rs`, `stack.rs`. No module imports one above it.
+//! `object.rs` (loading objects), `fork.rs`. No module imports one above it.
 
 pub mod docs;
 mod sync;
@@ -78,8 +78,6 @@ mod patch;
 mod registry;
 #[cfg(not(klp_loom))]
 mod site;
-#[cfg(not(klp_loom))]
-mod stack;
 #[cfg(not(klp_loom))]
 mod state;
 #[cfg(not(klp_loom))]

@@ -15,7 +15,6 @@ use std::sync::atomic::{
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::stack::{self, Bounds};
 use crate::thread::ThreadState;
 
 /// The kernel's per-task states.
@@ -53,10 +52,6 @@ pub struct Task {
     kick_pins: AtomicU32,
     exiting: AtomicBool,
     in_use: AtomicBool,
-    /// The thread's own stack (`lo`, `hi`); `hi == 0`: not looked up yet; `lo == hi ==
-    /// usize::MAX`: unknown.
-    stack_lo: std::sync::atomic::AtomicUsize,
-    stack_hi: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Task {
@@ -82,8 +77,6 @@ impl Task {
             kick_pins: AtomicU32::new(0),
             exiting: AtomicBool::new(false),
             in_use: AtomicBool::new(false),
-            stack_lo: std::sync::atomic::AtomicUsize::new(0),
-            stack_hi: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -136,37 +129,22 @@ impl Task {
         );
         drop(old);
     }
+}
 
-    /// Whether a frame recorded at `entry_frame` was provably left by the calling thread,
-    /// now running at `frame` (see `crate::stack`).
-    pub(crate) fn left(&self, entry_frame: usize, frame: usize) -> bool {
-        if entry_frame > frame {
-            return false;
-        }
-        let inside = |(lo, hi): Bounds, a: usize| lo <= a && a < hi;
-        // The signal stack first: it may lie inside the mapping of the thread's own.
-        if let Some(alt) = stack::altstack_in_use()
-            && inside(alt, frame)
-        {
-            return inside(alt, entry_frame);
-        }
-        match self.own_stack() {
-            Some(own) => inside(own, frame) && inside(own, entry_frame),
-            // Unknown bounds: one stack is assumed.
-            None => true,
-        }
-    }
-
-    fn own_stack(&self) -> Option<Bounds> {
-        let hi = self.stack_hi.load(Ordering::Relaxed);
-        if hi == 0 {
-            let (lo, hi) = stack::own_stack().unwrap_or((usize::MAX, usize::MAX));
-            self.stack_lo.store(lo, Ordering::Relaxed);
-            self.stack_hi.store(hi, Ordering::Relaxed);
-            return (hi != usize::MAX).then_some((lo, hi));
-        }
-        (hi != usize::MAX).then(|| (self.stack_lo.load(Ordering::Relaxed), hi))
-    }
+/// Whether an activation whose wrapper frame is `entry_frame` was provably left by the
+/// calling thread, which runs a call whose frame (or whose caller's stack pointer) is
+/// `frame`: the entry lies in the memory that the running call itself occupies now,
+/// between this function's own frame and `frame`. Two live frames never share memory, so
+/// a frame there is dead, whichever stack it was on; a frame anywhere else may belong to
+/// a stack the thread will come back to (a coroutine's, the interrupted code's under a
+/// signal handler on an alternate stack) and is never dropped. Entries left below the
+/// running call (a `longjmp` out of deeper calls than the thread makes later) stay until
+/// a call covers them: the thread then switches later, never wrongly.
+#[inline(never)]
+pub(crate) fn left(entry_frame: usize, frame: usize) -> bool {
+    let here = 0u8;
+    let here = std::hint::black_box(std::ptr::from_ref(&here) as usize);
+    here <= entry_frame && entry_frame <= frame
 }
 
 // ---------------------------------------------------------------------------------------
@@ -277,8 +255,6 @@ impl TasksGuard {
         t.flavor_registered.store(0, Ordering::Relaxed);
         t.kick_pins.store(0, Ordering::Relaxed);
         t.exiting.store(false, Ordering::Relaxed);
-        t.stack_lo.store(0, Ordering::Relaxed);
-        t.stack_hi.store(0, Ordering::Relaxed);
         init(t);
         t.in_use.store(true, Ordering::Release);
         t

@@ -148,8 +148,9 @@ pub trait Hooks {
     }
 
     /// Whether an activation whose wrapper frame is `entry_frame` was provably left by a
-    /// thread now running at `frame` (longjmp, an exception, cancellation): both on the
-    /// same stack, and the entry at or below `frame` (stacks grow down).
+    /// thread now running at `frame` (longjmp, an exception, cancellation). Production
+    /// code: the entry lies in the memory the running call occupies (which no live frame
+    /// of any stack can share), never merely "below" on some stack.
     fn left(&self, entry_frame: usize, frame: usize) -> bool;
 }
 
@@ -172,7 +173,8 @@ struct Entry {
     imp: AtomicUsize,
     /// The wrapper's frame; 0 for a tombstone.
     frame: AtomicUsize,
-    /// `IRQ_SAVED | saved park_depth << 1 | saved IRQ bit`, or 0.
+    /// `IRQ_SAVED | saved park_depth << 1 | saved IRQ bit`, or 0. Always 0 at and above
+    /// the depth (popping clears it), so that the common entry need not write it.
     irq: AtomicU64,
 }
 
@@ -244,6 +246,9 @@ impl ThreadState {
     /// Reset for a new owner (a task record reused by another thread). No other thread
     /// may be looking at it.
     pub fn reset(&self) {
+        for e in &self.entries {
+            e.irq.store(0, Ordering::Relaxed);
+        }
         self.word.store(0, Ordering::Relaxed);
         self.park.store(RUNNING, Ordering::Relaxed);
         self.park_depth.store(0, Ordering::Relaxed);
@@ -354,7 +359,9 @@ impl ThreadState {
             e.site.store(site, Ordering::Relaxed);
             e.imp.store(imp, Ordering::Relaxed);
             e.frame.store(frame, Ordering::Relaxed);
-            e.irq.store(r.irq, Ordering::Relaxed);
+            if r.irq != 0 {
+                e.irq.store(r.irq, Ordering::Relaxed);
+            }
         }
         // The entry, then the word that says it is written.
         signal_fence();
@@ -420,7 +427,7 @@ impl ThreadState {
             // The top is not recorded, and it is ours.
             d -= 1;
         } else if d > 0 && self.live_frame(d - 1) == Some(frame) {
-            own = self.entries[d - 1].irq.load(Ordering::Relaxed);
+            own = self.entries[d - 1].irq.swap(0, Ordering::Relaxed);
             if own != 0 {
                 irq_bit = saved_irq_bit(own);
             }
@@ -477,7 +484,7 @@ impl ThreadState {
             if !(tomb || (left && hooks.left(e.frame.load(Ordering::Relaxed), frame))) {
                 break;
             }
-            let irq = e.irq.load(Ordering::Relaxed);
+            let irq = e.irq.swap(0, Ordering::Relaxed);
             if irq != 0 {
                 irq_bit = saved_irq_bit(irq);
             }

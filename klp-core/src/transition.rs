@@ -560,7 +560,9 @@ impl<F: Flavor + 'static> Core<F> {
         let parked = crate::call::park_if_task();
         let r = loop {
             let token = self.idle.token();
-            if self.target.load(Ordering::Acquire) == KLP_TRANSITION_IDLE {
+            // The view, not the target: the list as the transition left it is published
+            // before the view says it is over, so a query after the wait sees it.
+            if self.with_view(|v| v.target) == KLP_TRANSITION_IDLE {
                 break Ok(());
             }
             let now = Instant::now();

@@ -68,15 +68,16 @@
 //! point.
 //!
 //! A patchable function left without returning (`longjmp`, a C++ exception, a
-//! cancelled thread's unwinding) is forgotten at the thread's next patchable call or
-//! return, and at [`klp_update_patch_state`], [`klp_park`], [`klp_wait_transition`],
-//! [`klp_enable_patch`] and [`klp_patch_set_enabled`] called from the function that
-//! caught it (or one of its callers): those know their caller's stack pointer, below
-//! which nothing recorded is live. Called from a function that the catcher calls
-//! afterwards, whose frame may lie where the left ones were, they cannot tell, and the
-//! thread switches at its next patchable call instead. Frames are compared within one
-//! stack only: a switch point in a signal handler on an alternate stack forgets nothing
-//! of the thread's own.
+//! cancelled thread's unwinding) is forgotten once the thread proves it left: when its
+//! wrapper's frame lies in the memory that a later call of the thread occupies (a
+//! patchable call or return made from the function that caught it, or
+//! [`klp_update_patch_state`], [`klp_park`], [`klp_wait_transition`],
+//! [`klp_enable_patch`] and [`klp_patch_set_enabled`] called from there: those know
+//! their caller's stack pointer, and their own frames cover the memory just below it).
+//! Two live frames never share memory, so this never forgets a function that is live on
+//! another stack: a coroutine's (`swapcontext`), or the code a signal handler on an
+//! alternate stack interrupted. Functions left deeper than the thread's later calls
+//! reach stay recorded, and the thread switches later (or when forced), never wrongly.
 //!
 //! # Link line
 //!
