@@ -32,7 +32,7 @@
  *   klp_object_patched, klp_patch_list
  * klp_shadow_get                     ok      ok      ok        ok        ok      ok
  * klp_synchronize                    ok      ok      ok        ok        ok      ok (3)
- * klp_wait_transition                ok      (4)     EDEADLK   EDEADLK   EDEADLK ok (5)
+ * klp_wait_transition                ok      (4)(6)  EDEADLK(6) EDEADLK(6) EDEADLK(6) ok (5)
  * klp_enable_patch,                  ok      (4)     EDEADLK   EDEADLK   ok      no (5)
  *   klp_patch_set_enabled, klp_patch_force,
  *   klp_object_load/_unload/_coming/_going
@@ -60,7 +60,11 @@
  * (4) -EDEADLK for the lines of a control operation or of the transition worker (they
  *     hold the engine's control lock, or are the thread that completes transitions);
  *     from lines logged elsewhere (a shadow warning, say), as from the thread.
- * (5) -EDEADLK when the handler interrupted a control operation of its own thread.
+ * (5) -EDEADLK when the handler interrupted a control operation or a grace period of its
+ *     own thread.
+ * (6) 0 at once when no transition is in progress (there is nothing to wait for, as for
+ *     the line "enabling patch", which comes before its transition starts, or the
+ *     callbacks of an object's load); -EDEADLK when one is.
  *
  * Kicks run on the transition worker, never while the control lock is held, and never
  * after their thread has begun to exit. Callbacks run with the control lock held, on the
@@ -452,8 +456,8 @@ int klp_object_patched(const char *patch, const char *object);
 /*
  Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
  none is (at once when none was), `-ETIMEDOUT` when one still is, `-EDEADLK` at once
- when the transition cannot complete before the caller returns (a callback or log line
- of a control operation, a kick, a shadow constructor or destructor). The calling
+ when one is and cannot complete before the caller returns (a callback or log line of
+ a control operation, a kick, a shadow constructor or destructor). The calling
  thread counts as parked (blocked) meanwhile; patchable functions that it left by
  longjmp or an exception no longer count.
  */

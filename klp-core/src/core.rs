@@ -321,9 +321,13 @@ impl<F: Flavor + 'static> Klp<F> {
         self.core.wait(timeout)
     }
 
-    /// The calling thread's patch state in this engine (-1, 0, 1).
+    /// The calling thread's patch state in this engine (-1, 0, 1). A thread that is not a
+    /// task yet has the state it would start with.
     pub fn thread_patch_state(&self) -> i8 {
-        crate::task::existing().map_or(KLP_TRANSITION_IDLE, |t| t.state(self.core.slot))
+        crate::task::existing().map_or_else(
+            || registry::birth(self.core.slot),
+            |t| t.state(self.core.slot),
+        )
     }
 }
 

@@ -126,11 +126,3 @@ pub use crate::transition::{SIGNALS_TIMEOUT, on_worker_thread};
 pub fn in_control_operation() -> bool {
     crate::core::holds_any_control() || crate::object::loading()
 }
-
-/// Whether the calling thread is inside a read section of a flavor, or inside libklp's
-/// own bookkeeping of a patchable call: a signal handler that runs there must not wait
-/// for a grace period (it would wait for its own thread).
-#[cfg(not(klp_loom))]
-pub fn in_critical_section() -> bool {
-    klp_sync::in_read_section()
-}

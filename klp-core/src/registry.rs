@@ -95,6 +95,11 @@ pub(crate) fn set_birth(_tasks: &task::TasksGuard, slot: usize, state: i8) {
     SLOTS[slot].birth.store(state, Ordering::Relaxed);
 }
 
+/// The state a thread that registered now would start with in engine `slot`.
+pub(crate) fn birth(slot: usize) -> i8 {
+    SLOTS[slot].birth.load(Ordering::Relaxed)
+}
+
 /// The calling thread's task, registering it on first use.
 #[inline(always)]
 pub(crate) fn current() -> &'static Task {

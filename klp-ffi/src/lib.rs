@@ -167,9 +167,16 @@ unsafe fn str_arg<'a>(s: *const c_char) -> Result<&'a str, c_int> {
 /// Whether a control operation from the calling thread would wait for what the thread
 /// itself holds: it runs a control operation's callback or log line, or a shadow
 /// constructor or destructor (whose lock a callback of the operation may be waiting
-/// for).
+/// for), or it is a signal handler that interrupted a grace period (whose lock the
+/// operation's own grace periods need).
 pub(crate) fn control_would_deadlock() -> bool {
-    klp_core::in_control_operation() || shadow().in_callback()
+    klp_core::in_control_operation() || in_shadow_callback() || klp_sync::in_grace_period()
+}
+
+/// Whether the calling thread runs a constructor or destructor of the C store (without
+/// creating the store).
+fn in_shadow_callback() -> bool {
+    SHADOW.get().is_some_and(|s| s.in_callback())
 }
 
 fn status(r: Result<(), KlpError>) -> c_int {
@@ -696,8 +703,8 @@ pub unsafe extern "C" fn klp_object_patched(patch: *const c_char, object: *const
 
 /// Wait until no transition is in progress, at most `timeout_ms` milliseconds: 0 when
 /// none is (at once when none was), `-ETIMEDOUT` when one still is, `-EDEADLK` at once
-/// when the transition cannot complete before the caller returns (a callback or log line
-/// of a control operation, a kick, a shadow constructor or destructor). The calling
+/// when one is and cannot complete before the caller returns (a callback or log line of
+/// a control operation, a kick, a shadow constructor or destructor). The calling
 /// thread counts as parked (blocked) meanwhile; patchable functions that it left by
 /// longjmp or an exception no longer count.
 #[cfg(target_arch = "x86_64")]
@@ -719,7 +726,8 @@ pub extern "C" fn klp_wait_transition(timeout_ms: c_uint) -> c_int {
 
 extern "C" fn wait_transition_sp(timeout_ms: c_uint, sp: usize) -> c_int {
     guard(KLP_ERROR_PANIC, || {
-        if shadow().in_callback() {
+        let busy = dispatch!(engine(), k => k.in_transition());
+        if busy && (in_shadow_callback() || klp_sync::in_grace_period()) {
             return -EDEADLK;
         }
         forget_left_frames(sp);
@@ -749,21 +757,10 @@ pub extern "C" fn klp_set_retry_period(period_ms: c_uint) -> c_int {
 /// period of its own thread (it would wait for itself).
 #[unsafe(no_mangle)]
 pub extern "C" fn klp_synchronize() -> c_int {
-    thread_local! {
-        static IN_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     guard(KLP_ERROR_PANIC, || {
-        if klp_sync::in_read_section() || IN_SYNC.with(std::cell::Cell::get) {
+        if klp_sync::in_read_section() || klp_sync::in_grace_period() {
             return -EDEADLK;
         }
-        IN_SYNC.with(|s| s.set(true));
-        struct Clear;
-        impl Drop for Clear {
-            fn drop(&mut self) {
-                IN_SYNC.with(|s| s.set(false));
-            }
-        }
-        let _clear = Clear;
         dispatch!(engine(), k => k.flavor().synchronize());
         0
     })
@@ -923,8 +920,9 @@ pub type klp_shadow_dtor_t =
 /// whatever the engine's: freeing never waits for a grace period (the memory goes back
 /// later, on another thread), so `klp_shadow_free` may be called anywhere, also from a
 /// patched function.
+static SHADOW: OnceLock<Shadow<Rcu>> = OnceLock::new();
+
 fn shadow() -> &'static Shadow<Rcu> {
-    static SHADOW: OnceLock<Shadow<Rcu>> = OnceLock::new();
     SHADOW.get_or_init(|| {
         install_fork();
         Shadow::new(Arc::new(Rcu::new()), log().clone())

@@ -233,3 +233,11 @@ impl<F: Flavor + ?Sized> Drop for ReadGuard<'_, F> {
 pub fn in_read_section() -> bool {
     local::nesting() != 0
 }
+
+/// Whether the calling thread is inside a grace period, a deferral or a barrier of the
+/// `preempt` or `rcu` flavor: a signal handler that interrupted one must not wait for a
+/// grace period (it would wait for a lock its own thread holds).
+#[cfg(not(klp_loom))]
+pub fn in_grace_period() -> bool {
+    local::in_grace_period()
+}

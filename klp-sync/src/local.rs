@@ -92,6 +92,34 @@ pub(crate) fn nesting() -> u32 {
     existing().map_or(0, Slot::nesting)
 }
 
+thread_local! {
+    /// How deeply the calling thread is inside grace periods (and the locks they take).
+    static IN_GP: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread inside a grace period for its life.
+pub(crate) struct InGracePeriod(());
+
+impl InGracePeriod {
+    pub(crate) fn enter() -> Self {
+        IN_GP.with(|g| g.set(g.get() + 1));
+        InGracePeriod(())
+    }
+}
+
+impl Drop for InGracePeriod {
+    fn drop(&mut self) {
+        IN_GP.with(|g| g.set(g.get() - 1));
+    }
+}
+
+/// Whether the calling thread is inside a grace period of a flavor, or a deferral or
+/// barrier (holding their locks): a signal handler that interrupted one must not start
+/// another.
+pub(crate) fn in_grace_period() -> bool {
+    IN_GP.with(std::cell::Cell::get) != 0
+}
+
 /// Panic if the calling thread is inside a read section: waiting there for a grace period
 /// would wait for itself.
 pub(crate) fn assert_outside(what: &str) {

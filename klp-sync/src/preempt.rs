@@ -74,6 +74,7 @@ impl std::fmt::Debug for Preempt {
 impl Preempt {
     fn grace_period(&self, spin_only: bool) {
         local::assert_outside("synchronize");
+        let _gp = local::InGracePeriod::enter();
         let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         local::REGISTRY.grace_period(&ProcessBarrier, |_| true, spin_only);
     }

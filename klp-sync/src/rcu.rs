@@ -345,11 +345,13 @@ unsafe impl Flavor for Rcu {
 
     fn synchronize(&self) {
         local::assert_outside("synchronize");
+        let _gp = local::InGracePeriod::enter();
         self.inner.synchronize();
     }
 
     fn synchronize_expedited(&self) {
         local::assert_outside("synchronize_expedited");
+        let _gp = local::InGracePeriod::enter();
         rcu_grace_period(true);
     }
 
@@ -359,6 +361,7 @@ unsafe impl Flavor for Rcu {
     }
 
     fn defer(&self, f: Callback) {
+        let _gp = local::InGracePeriod::enter();
         let mut q = self.inner.queue();
         q.callbacks.push(f);
         self.inner.kick(&mut q);
@@ -366,6 +369,7 @@ unsafe impl Flavor for Rcu {
 
     fn barrier(&self) {
         local::assert_outside("barrier");
+        let _gp = local::InGracePeriod::enter();
         let mut q = self.inner.queue();
         let Some((_, worker)) = &q.worker else {
             return;
