@@ -34,8 +34,19 @@ check() { # name source std [link flags...] -- [program arguments...]
     --show-possibly-lost=no "$out/$name" "$@" > "$out/$name.valgrind.out"
 }
 
+# `check` under AddressSanitizer only.
+asan_only() { # name source std -- [program arguments...]
+  local name=$1 src=$2 std=$3
+  shift 4
+  "$cc" -std="$std" -Wall -Wextra -Werror -g -fsanitize=address -fno-omit-frame-pointer \
+    -I include "$src" "$lib" -lpthread -ldl -lm -o "$out/$name.asan"
+  echo "+ $name $* under AddressSanitizer"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$out/$name.asan" "$@" > "$out/$name.asan.out"
+}
+
 module libtarget_mod c-tests/target_mod.c
 module patch_mod c-tests/patch_mod.c
+module libplain_lib c-tests/plain_lib.c
 
 # The KLP_PATCHABLE macros need GNU C; link_smoke is strict C11.
 check link_smoke c-tests/link_smoke.c c11
@@ -51,6 +62,24 @@ done
 check cancel c-tests/cancel.c gnu11
 check altstack c-tests/altstack.c gnu11
 check bad_input c-tests/bad_input.c gnu11
+# Real processes: signal handlers under load (a hundredth of the default run), every
+# context of klp.h's table, coroutines on every stack layout, a library without
+# KLP_OBJECT closed under its patch, kicks of exiting threads.
+for sync in preempt rcu; do
+  export KLP_SYNC=$sync
+  check signals c-tests/signals.c gnu11 -- quick
+  check contexts c-tests/contexts.c gnu11
+  for layout in heap below above; do
+    check coroutine c-tests/coroutine.c gnu11 -- "$layout"
+  done
+  # Coroutine stacks inside the thread's own stack: valgrind cannot tell them apart.
+  for layout in shared local; do
+    asan_only coroutine c-tests/coroutine.c gnu11 -- "$layout"
+  done
+  check plain_main c-tests/plain_main.c gnu11 -rdynamic -- "$out/libplain_lib.so"
+  check kick_exit c-tests/kick_exit.c gnu11
+done
+unset KLP_SYNC
 
 # A C++ exception through patchable C functions: the C half with -fexceptions, the
 # program with g++.

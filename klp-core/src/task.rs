@@ -137,15 +137,23 @@ impl Task {
 /// between this function's own frame and `frame`. Two live frames never share memory, so
 /// a frame there is dead, whichever stack it was on; a frame anywhere else may belong to
 /// a stack the thread will come back to (a coroutine's, the interrupted code's under a
-/// signal handler on an alternate stack) and is never dropped. Entries left below the
-/// running call (a `longjmp` out of deeper calls than the thread makes later) stay until
-/// a call covers them: the thread then switches later, never wrongly.
+/// signal handler on an alternate stack) and is never dropped.
+///
+/// This function's frame holds a scratch area of [`LEFT_REACH`] bytes, so that the
+/// occupied memory reaches that far below the slow path that asks: the calls a `longjmp`
+/// or an exception left, nested a few deep below the function that caught it, are
+/// covered at its next patchable call or switch point. Entries left deeper than that stay
+/// until a later, deeper call covers them: the thread then switches later, never wrongly.
 #[inline(never)]
 pub(crate) fn left(entry_frame: usize, frame: usize) -> bool {
-    let here = 0u8;
-    let here = std::hint::black_box(std::ptr::from_ref(&here) as usize);
+    // Never read or written: its place in this frame is all that matters.
+    let scratch = std::mem::MaybeUninit::<[u8; LEFT_REACH]>::uninit();
+    let here = std::hint::black_box(scratch.as_ptr()) as usize;
     here <= entry_frame && entry_frame <= frame
 }
+
+/// How far below the deciding slow path the occupied memory reaches (see [`left`]).
+pub(crate) const LEFT_REACH: usize = 2048;
 
 // ---------------------------------------------------------------------------------------
 // The arena.
