@@ -119,8 +119,9 @@ impl<F: Flavor + 'static> Core<F> {
         if task.pending.load(Ordering::Acquire) & self.bit == 0 {
             return;
         }
-        let (target, clean) = {
-            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        // With signals blocked, as every reader of the view (a handler's query must not
+        // find its own thread holding it while a publication waits).
+        let (target, clean) = self.with_view(|view| {
             let mut clean = true;
             let reliable = task.thread.own_stack(|a| {
                 if view.forbidden.contains(&(a.site, a.imp)) {
@@ -128,7 +129,7 @@ impl<F: Flavor + 'static> Core<F> {
                 }
             });
             (view.target, clean && reliable)
-        };
+        });
         if clean
             && target != KLP_TRANSITION_IDLE
             && task.pending.fetch_and(!self.bit, Ordering::AcqRel) & self.bit != 0
