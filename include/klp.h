@@ -75,8 +75,11 @@
  * pending switches (the kernel's klp_copy_process). It can enable, disable, force,
  * synchronize and wait: a transition in progress at the fork completes in the child (a
  * new worker is started there) and in the parent alike. The fork waits for a control
- * operation running on another thread; one that the forking thread is inside (a fork
- * from a callback) goes on in both processes.
+ * operation running on another thread, and for libklp's state being created by another
+ * thread's first call; one that the forking thread is inside (a fork from a callback)
+ * goes on in both processes. Deferred frees that the parent's rcu worker was running
+ * at the fork do not run in the child (that memory is leaked there, and a patch released
+ * at that moment keeps its shared objects mapped in the child).
  */
 
 /* The alignment of struct klp_site (GCC, Clang). */

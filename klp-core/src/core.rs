@@ -218,6 +218,7 @@ impl<F: Flavor + 'static> Klp<F> {
     /// A new engine writing to `log`. Panics past [`crate::MAX_ENGINES`] engines in a
     /// process.
     pub fn with_log(flavor: F, log: Log) -> Self {
+        crate::fork::install();
         let slot = registry::reserve_slot().unwrap_or_else(|| {
             panic!(
                 "klp-core: at most {} engines per process",

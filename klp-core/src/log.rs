@@ -56,8 +56,44 @@ pub struct Stderr;
 
 impl Sink for Stderr {
     fn line(&self, level: Level, line: &str) {
-        if level <= Level::Notice || std::env::var_os("KLP_DEBUG").is_some_and(|v| v == "1") {
-            eprintln!("{line}");
+        if level <= Level::Notice || debug_enabled() {
+            write_stderr(line);
+        }
+    }
+}
+
+/// Whether `KLP_DEBUG=1` (read once; 0 unknown, 1 no, 2 yes).
+fn debug_enabled() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static DEBUG: AtomicU8 = AtomicU8::new(0);
+    match DEBUG.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var_os("KLP_DEBUG").is_some_and(|v| v == "1");
+            DEBUG.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        d => d == 2,
+    }
+}
+
+/// One line and its newline to standard error in one `write` (lines of several threads
+/// or processes never interleave), without the standard library's lock of standard error
+/// (a fork while another thread held it would leave the child unable to log).
+fn write_stderr(line: &str) {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    let mut rest: &[u8] = &buf;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is valid for reads of its length.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            rest = &rest[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
+            continue;
+        } else {
+            return;
         }
     }
 }

@@ -134,6 +134,8 @@ pub(crate) fn loader_lock() -> Option<LoaderGuard> {
     if LOADING.with(Cell::get) || crate::core::holds_any_control() {
         return None;
     }
+    // Locked across a fork from now on (see `crate::fork`).
+    crate::fork::install();
     let g = LOADER.lock().unwrap_or_else(|e| e.into_inner());
     LOADING.with(|l| l.set(true));
     Some(LoaderGuard { _lock: g })

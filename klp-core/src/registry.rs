@@ -4,7 +4,6 @@
 //! Engines depend on this module, and so do the call path and objects; it depends on
 //! neither (an engine is reached through [`EngineDyn`]).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI8, AtomicUsize, Ordering};
 
 use crate::log::{Level, Log};
@@ -37,7 +36,8 @@ pub(crate) trait EngineDyn: Send + Sync {
 }
 
 struct Slot {
-    engine: OnceLock<&'static dyn EngineDyn>,
+    /// Published by one compare-and-swap (a fork never finds it half made).
+    engine: klp_sync::fork::RaceCell<&'static dyn EngineDyn>,
     /// The state a thread that registers now starts with: IDLE, or, during a transition,
     /// the state that the other threads' are at or moving to (see `set_birth`).
     birth: AtomicI8,
@@ -45,7 +45,7 @@ struct Slot {
 
 static SLOTS: [Slot; MAX_ENGINES] = [const {
     Slot {
-        engine: OnceLock::new(),
+        engine: klp_sync::fork::RaceCell::new(),
         birth: AtomicI8::new(KLP_TRANSITION_IDLE),
     }
 }; MAX_ENGINES];
@@ -59,8 +59,7 @@ pub(crate) fn reserve_slot() -> Option<usize> {
 
 /// Make the engine of `slot` known (once).
 pub(crate) fn install(slot: usize, engine: &'static dyn EngineDyn) {
-    let _ = SLOTS[slot].engine.set(engine);
-    crate::fork::install();
+    SLOTS[slot].engine.get_or_create(|| engine);
 }
 
 /// Every engine.
@@ -119,6 +118,8 @@ fn register() -> &'static Task {
     // Decide the process's barrier mode now, so that outermost entries use the light
     // barrier from the start.
     klp_sync::barrier_mode();
+    // The task list is locked across a fork from now on (see `crate::fork`).
+    crate::fork::install();
     let t = {
         let tasks = task::lock();
         // A signal handler may have registered the thread before the lock blocked them.

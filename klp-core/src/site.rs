@@ -122,6 +122,8 @@ impl Site {
         if self.registered.swap(true, Ordering::AcqRel) {
             return;
         }
+        // The registry is locked across a fork from now on (see `crate::fork`).
+        crate::fork::install();
         registry().push(self);
     }
 

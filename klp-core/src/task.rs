@@ -294,7 +294,11 @@ impl TasksGuard {
     pub(crate) fn fork_child_release_others(&self) {
         let me = CurrentTask::get();
         for t in self.iter() {
-            if !std::ptr::eq(t, me) {
+            if std::ptr::eq(t, me) {
+                // A kick of this thread that a worker of the parent was calling does not
+                // run here: nothing holds the thread's exit any more.
+                t.kick_pins.store(0, Ordering::SeqCst);
+            } else {
                 t.pending.store(0, Ordering::Relaxed);
                 // The kick belongs to a thread of the parent: forget it (its data may be
                 // anything), without running its destructor here.

@@ -107,7 +107,7 @@ use klp_sync::{Flavor, Preempt, Rcu};
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_ulong, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------
@@ -246,72 +246,40 @@ pub type klp_log_handler_t =
 
 /// The process's log, shared by the engine and the shadow variables.
 fn log() -> &'static Log {
-    static LOG: OnceLock<Log> = OnceLock::new();
-    LOG.get_or_init(|| {
-        install_fork();
-        Log::default()
-    })
+    // Created at most twice (two first calls at once; one is dropped), never half made.
+    static LOG: klp_sync::fork::RaceCell<Log> = klp_sync::fork::RaceCell::new();
+    if let Some(l) = LOG.get() {
+        return l;
+    }
+    install_fork();
+    LOG.get_or_create(Log::default)
 }
 
 // ---------------------------------------------------------------------------------------
-// fork: the child can patch, unpatch, synchronize and wait (see klp_core's fork
-// handlers, which run after ours in the parent's prepare: the C layer's locks come
-// first, as `klp_enable_patch` takes them before the engine's).
+// fork: the child can patch, unpatch, synchronize and wait. The C layer's hooks in
+// klp-sync's one `pthread_atfork` triple (level 2: they run first before the fork, as
+// `klp_enable_patch` takes the C layer's locks before the engine's).
 
-/// Something held across a fork.
-struct ForkHeld(#[allow(dead_code)] Box<dyn std::any::Any>);
+static FORK_HOOKS: klp_sync::fork::Hooks = klp_sync::fork::Hooks {
+    prepare: || {
+        fork_hold(ENGINE_INIT.lock().unwrap_or_else(|e| e.into_inner()));
+        patch::fork_prepare();
+        site::fork_prepare();
+        fork_hold(SYNC.lock().unwrap_or_else(|e| e.into_inner()));
+    },
+    parent: || {},
+    child: patch::fork_child,
+};
 
-// SAFETY: taken in `prepare` and dropped in `parent` or `child`, on the forking thread.
-unsafe impl Send for ForkHeld {}
-
-static FORK_HELD: Mutex<Vec<ForkHeld>> = Mutex::new(Vec::new());
-
-/// Keep `value` (a lock guard) across the fork.
+/// Keep `value` (a lock guard) across a fork.
 fn fork_hold<T: 'static>(value: T) {
-    FORK_HELD
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(ForkHeld(Box::new(value)));
+    klp_sync::fork::hold(value);
 }
 
-fn fork_release() {
-    let mut held = std::mem::take(&mut *FORK_HELD.lock().unwrap_or_else(|e| e.into_inner()));
-    while let Some(h) = held.pop() {
-        drop(h);
-    }
-}
-
-/// Install the handlers once, after klp-core's (so ours run first in the prepare).
+/// Add the C layer's hooks (cheap; every lazy creation of the C layer's state calls it).
 fn install_fork() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        klp_core::install_fork_handlers();
-        extern "C" fn prepare() {
-            fork_guarded(|| {
-                patch::fork_prepare();
-                site::fork_prepare();
-                fork_hold(SYNC.lock().unwrap_or_else(|e| e.into_inner()));
-            });
-        }
-        extern "C" fn parent() {
-            fork_guarded(fork_release);
-        }
-        extern "C" fn child() {
-            fork_guarded(|| {
-                fork_release();
-                patch::fork_child();
-            });
-        }
-        // SAFETY: plain functions that never unwind (`fork_guarded`).
-        let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-        assert_eq!(r, 0, "pthread_atfork: {r}");
-    });
-}
-
-fn fork_guarded(f: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        std::process::abort();
-    }
+    klp_core::install_fork_handlers();
+    klp_sync::fork::add_hooks(2, &FORK_HOOKS);
 }
 
 /// A C pointer handed back to C, on any thread: the C side promised that is fine.
@@ -436,39 +404,57 @@ static SYNC: Mutex<SyncChoice> = Mutex::new(SyncChoice {
 /// The process engine, created on first use.
 #[doc(hidden)]
 pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        install_fork();
-        let flavor = {
-            let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
-            s.used = true;
-            s.flavor
-        };
-        let flavor = flavor.unwrap_or_else(|| match std::env::var("KLP_SYNC").as_deref() {
-            Ok("rcu") => KLP_SYNC_RCU,
-            Ok("preempt") | Err(std::env::VarError::NotPresent) => KLP_SYNC_PREEMPT,
-            Ok(other) => {
-                log().raw(
-                    Level::Warning,
-                    &format!("libklp: unknown KLP_SYNC '{other}', using preempt"),
-                );
-                KLP_SYNC_PREEMPT
+    if let Some(e) = ENGINE.get() {
+        return e;
+    }
+    install_fork();
+    let mut warning = None;
+    let e = {
+        // One creator (a fork's prepare takes this lock too, so the child never finds the
+        // engine half made).
+        let _one = ENGINE_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        match ENGINE.get() {
+            Some(e) => e,
+            None => {
+                let flavor = {
+                    let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+                    s.used = true;
+                    s.flavor
+                };
+                let flavor = flavor.unwrap_or_else(|| match std::env::var("KLP_SYNC").as_deref() {
+                    Ok("rcu") => KLP_SYNC_RCU,
+                    Ok("preempt") | Err(std::env::VarError::NotPresent) => KLP_SYNC_PREEMPT,
+                    Ok(other) => {
+                        warning =
+                            Some(format!("libklp: unknown KLP_SYNC '{other}', using preempt"));
+                        KLP_SYNC_PREEMPT
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        warning =
+                            Some("libklp: unknown KLP_SYNC (not UTF-8), using preempt".to_owned());
+                        KLP_SYNC_PREEMPT
+                    }
+                });
+                let created = if flavor == KLP_SYNC_RCU {
+                    Engine::Rcu(Klp::with_log(Rcu::new(), log().clone()))
+                } else {
+                    Engine::Preempt(Klp::with_log(Preempt::new(), log().clone()))
+                };
+                ENGINE.get_or_create(|| created)
             }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                log().raw(
-                    Level::Warning,
-                    "libklp: unknown KLP_SYNC (not UTF-8), using preempt",
-                );
-                KLP_SYNC_PREEMPT
-            }
-        });
-        if flavor == KLP_SYNC_RCU {
-            Engine::Rcu(Klp::with_log(Rcu::new(), log().clone()))
-        } else {
-            Engine::Preempt(Klp::with_log(Preempt::new(), log().clone()))
         }
-    })
+    };
+    // Outside the lock: the log handler may call back.
+    if let Some(w) = warning {
+        log().raw(Level::Warning, &w);
+    }
+    e
 }
+
+/// The process engine, once created.
+static ENGINE: klp_sync::fork::RaceCell<Engine> = klp_sync::fork::RaceCell::new();
+/// Serializes its creation.
+static ENGINE_INIT: Mutex<()> = Mutex::new(());
 
 /// Choose the read-side flavor of the process engine: `KLP_SYNC_PREEMPT` (the default)
 /// or `KLP_SYNC_RCU`. Overrides the environment variable `KLP_SYNC`.
@@ -481,6 +467,7 @@ pub extern "C" fn klp_set_sync(flavor: c_int) -> c_int {
         if flavor != KLP_SYNC_PREEMPT && flavor != KLP_SYNC_RCU {
             return -EINVAL;
         }
+        install_fork();
         let mut s = SYNC.lock().unwrap_or_else(|e| e.into_inner());
         if s.used {
             return -EBUSY;
@@ -920,13 +907,16 @@ pub type klp_shadow_dtor_t =
 /// whatever the engine's: freeing never waits for a grace period (the memory goes back
 /// later, on another thread), so `klp_shadow_free` may be called anywhere, also from a
 /// patched function.
-static SHADOW: OnceLock<Shadow<Rcu>> = OnceLock::new();
+static SHADOW: klp_sync::fork::RaceCell<Shadow<Rcu>> = klp_sync::fork::RaceCell::new();
 
 fn shadow() -> &'static Shadow<Rcu> {
-    SHADOW.get_or_init(|| {
-        install_fork();
-        Shadow::new(Arc::new(Rcu::new()), log().clone())
-    })
+    if let Some(s) = SHADOW.get() {
+        return s;
+    }
+    install_fork();
+    let log = log().clone();
+    // Created at most twice (one is dropped, empty), never half made.
+    SHADOW.get_or_create(|| Shadow::new(Arc::new(Rcu::new()), log))
 }
 
 /// The id as the store keeps it (`unsigned long` is at most 64 bits on Linux).

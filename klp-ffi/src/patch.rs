@@ -123,6 +123,7 @@ unsafe impl<T> Sync for CPtr<T> {}
 static REG: Mutex<Option<HashMap<String, (usize, u64)>>> = Mutex::new(None);
 
 fn registered<R>(f: impl FnOnce(&mut HashMap<String, (usize, u64)>) -> R) -> R {
+    crate::install_fork();
     let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(HashMap::new))
 }
@@ -178,6 +179,7 @@ impl Pins {
         if self.0.is_empty() {
             return;
         }
+        crate::install_fork();
         let mut tx = UNMAPPER.lock().unwrap_or_else(|e| e.into_inner());
         let tx = tx.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<Pins>();
@@ -506,6 +508,8 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
         if crate::control_would_deadlock() {
             return -crate::EDEADLK;
         }
+        // The engine first: it is never created under this function's lock.
+        let e = engine();
         crate::forget_left_frames(sp);
         // SAFETY: clause 1 is convert's.
         let (p, name) = match unsafe { convert(patch) } {
@@ -544,7 +548,6 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
         }
         let _done = Done;
         let previous = registered(|reg| reg.insert(name.clone(), me));
-        let e = engine();
         let r = e.enable(p);
         if r.is_err() {
             if let Some(pins) = take(&pins) {

@@ -7,7 +7,7 @@ use klp_core::Site;
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// The size in bytes of the storage of a site (`struct klp_site`).
 pub const KLP_SITE_BYTES: usize = 128;
@@ -251,6 +251,7 @@ pub unsafe extern "C" fn klp_object_coming(name: *const c_char) -> c_int {
         // SAFETY: clause 1.
         if let Ok(name) = unsafe { crate::str_arg(name) } {
             let mut refused = refusals().lock().unwrap_or_else(|e| e.into_inner());
+            let refused = refused.get_or_insert_with(HashMap::new);
             if r == 0 {
                 refused.remove(name);
             } else if r != -crate::EEXIST && r != -crate::EINVAL {
@@ -267,9 +268,10 @@ pub(crate) fn fork_prepare() {
 }
 
 /// The negative errnos of the objects whose `klp_object_coming` was refused, by name.
-fn refusals() -> &'static Mutex<HashMap<String, c_int>> {
-    static REFUSED: OnceLock<Mutex<HashMap<String, c_int>>> = OnceLock::new();
-    REFUSED.get_or_init(Default::default)
+fn refusals() -> &'static Mutex<Option<HashMap<String, c_int>>> {
+    static REFUSED: Mutex<Option<HashMap<String, c_int>>> = Mutex::new(None);
+    crate::install_fork();
+    &REFUSED
 }
 
 /// The negative errno with which a patch refused the object `name` at its last
@@ -290,7 +292,10 @@ pub unsafe extern "C" fn klp_object_refused(name: *const c_char) -> c_int {
             Err(_) => return 0,
         };
         let refused = refusals().lock().unwrap_or_else(|e| e.into_inner());
-        refused.get(name).copied().unwrap_or(0)
+        refused
+            .as_ref()
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0)
     })
 }
 

@@ -45,7 +45,7 @@ pub mod docs;
 #[cfg(not(klp_loom))]
 mod event;
 #[cfg(not(klp_loom))]
-mod fork;
+pub mod fork;
 mod gp;
 mod os;
 mod reader;

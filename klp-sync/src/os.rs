@@ -61,14 +61,13 @@ pub(crate) trait HeavyBarrier {
 #[cfg(not(klp_loom))]
 mod imp {
     use super::*;
-    use std::sync::OnceLock;
     use std::sync::atomic::AtomicBool;
 
     const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
     const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
     const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
 
-    static MODE: OnceLock<BarrierMode> = OnceLock::new();
+    static MODE: crate::fork::RaceCell<BarrierMode> = crate::fork::RaceCell::new();
     /// Read on every read-side entry: `true` when readers must execute a real fence.
     /// Written once inside `init` before any flavor instance exists; a thread can only
     /// enter a read section through an instance it was handed, which orders that write
@@ -114,8 +113,11 @@ mod imp {
     /// Decide the barrier mode once for the process (and install the fork handlers).
     /// Every flavor constructor calls it.
     pub(crate) fn init() -> BarrierMode {
-        *MODE.get_or_init(|| {
-            crate::fork::install();
+        if let Some(m) = MODE.get() {
+            return *m;
+        }
+        crate::fork::ensure_registered();
+        *MODE.get_or_create(|| {
             let mode = choose();
             READER_FENCES.store(mode != BarrierMode::Membarrier, Ordering::Relaxed);
             mode

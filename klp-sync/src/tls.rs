@@ -92,6 +92,9 @@ macro_rules! fast_thread_ptr {
     };
 }
 
+/// No key yet (keys are small numbers).
+const KEY_NONE: u64 = u64::MAX;
+
 /// A function run when a thread that armed it exits: a POSIX thread-specific key with a
 /// destructor. Unlike a Rust thread-local with a destructor (whose registration takes
 /// the dynamic loader's lock in glibc, so that a thread's first use would wait for
@@ -101,7 +104,8 @@ macro_rules! fast_thread_ptr {
 /// The hooks of a thread run after its Rust and C++ thread-local destructors (glibc runs
 /// the keys' destructors last), so those may still use what the hook tears down.
 pub struct ExitHook {
-    key: std::sync::OnceLock<libc::pthread_key_t>,
+    /// The key, or `KEY_NONE` before the first arming.
+    key: std::sync::atomic::AtomicU64,
     run: fn(),
 }
 
@@ -109,7 +113,7 @@ impl ExitHook {
     /// A hook that runs `run` on the exiting thread.
     pub const fn new(run: fn()) -> Self {
         Self {
-            key: std::sync::OnceLock::new(),
+            key: std::sync::atomic::AtomicU64::new(KEY_NONE),
             run,
         }
     }
@@ -117,15 +121,35 @@ impl ExitHook {
     /// Arm the hook for the calling thread (again: no effect). It runs once at the
     /// thread's exit; arming it during the exit of the thread runs it again after.
     pub fn arm(&'static self) {
-        let key = *self.key.get_or_init(|| {
-            let mut key: libc::pthread_key_t = 0;
-            // SAFETY: `key` is valid for the write; the destructor is a plain function.
-            let r = unsafe { libc::pthread_key_create(&mut key, Some(Self::destructor)) };
-            assert_eq!(r, 0, "pthread_key_create: {r}");
-            key
-        });
+        let key = match self.key.load(std::sync::atomic::Ordering::Acquire) {
+            KEY_NONE => self.create_key(),
+            k => k as libc::pthread_key_t,
+        };
         // SAFETY: a key created above; the value is this static hook.
         unsafe { libc::pthread_setspecific(key, std::ptr::from_ref(self).cast()) };
+    }
+
+    #[cold]
+    fn create_key(&'static self) -> libc::pthread_key_t {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is valid for the write; the destructor is a plain function.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(Self::destructor)) };
+        assert_eq!(r, 0, "pthread_key_create: {r}");
+        // Published by one compare-and-swap (a fork never finds it half made); a key
+        // that lost the race goes back.
+        match self.key.compare_exchange(
+            KEY_NONE,
+            u64::from(key),
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        ) {
+            Ok(_) => key,
+            Err(theirs) => {
+                // SAFETY: our key, never used.
+                unsafe { libc::pthread_key_delete(key) };
+                theirs as libc::pthread_key_t
+            }
+        }
     }
 
     extern "C" fn destructor(hook: *mut libc::c_void) {
