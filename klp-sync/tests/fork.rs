@@ -186,9 +186,10 @@ fn preempt_fork_while_a_reader_is_inside() {
 fn preempt_fork_while_a_grace_period_waits_for_a_reader() {
     let _serial = serial();
     let p = Arc::new(Preempt::new());
-    // The reader leaves by itself: a fork waits for the grace period in progress.
+    // The reader leaves by itself, a while after the fork has begun: a fork waits for the
+    // grace period in progress.
     let (inside, never) = (Gate::default(), Gate::default());
-    let reader = hold_reader(&p, inside.clone(), never, HOLD * 3);
+    let reader = hold_reader(&p, inside.clone(), never, HOLD * 6);
     inside.wait();
     let (done, sync) = start_sync(&p);
     std::thread::sleep(HOLD);
