@@ -78,6 +78,17 @@ for sync in preempt rcu; do
   done
   check plain_main c-tests/plain_main.c gnu11 -rdynamic -- "$out/libplain_lib.so"
   check kick_exit c-tests/kick_exit.c gnu11
+  # fork: every mode under AddressSanitizer; under valgrind without its leak check (a
+  # child leaks, by construction, what the parent's other threads had allocated).
+  for mode in idle mid inside callback control kick first; do
+    asan_only fork c-tests/fork.c gnu11 -- "$mode"
+  done
+  "$cc" -std=gnu11 -Wall -Wextra -Werror -g -I include c-tests/fork.c "$lib" -lpthread -ldl \
+    -lm -o "$out/fork"
+  for mode in mid inside callback first; do
+    echo "+ fork $mode under valgrind memcheck (no leak check)"
+    valgrind -q --error-exitcode=1 --leak-check=no "$out/fork" "$mode" > "$out/fork.valgrind.out"
+  done
 done
 unset KLP_SYNC
 
