@@ -70,10 +70,14 @@
 #define WORKERS 3
 /* How much the run must do before it stops; the argument `quick` (for the runs under
  * AddressSanitizer and valgrind, which look for memory errors, not for counts) asks for
- * a hundredth of the calls and signals, or 10 seconds, whichever comes first. */
+ * 4 cycles and a hundredth of the calls and signals, or 10 seconds, whichever comes
+ * first. */
 static unsigned long long min_calls = 10000000ULL, min_signals = 30000ULL;
 static int quick;
-#define MIN_CYCLES 20
+/* How long a transition may take: longer in the quick run (valgrind runs one thread at a
+ * time, slowly). */
+static unsigned wait_ms = 10000;
+static int min_cycles = 20;
 /* Threads whose first libklp call is in a SIGUSR2 handler, one in each of the first
  * cycles (alternately during the patching and the unpatching transition). */
 #define FRESH_THREADS 8
@@ -409,6 +413,8 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "quick") == 0) {
 		quick = 1;
+		wait_ms = 120000;
+		min_cycles = 4;
 		min_calls /= 100;
 		min_signals /= 100;
 	}
@@ -432,7 +438,7 @@ int main(int argc, char **argv)
 	double start = now();
 	int cycles = 0;
 	for (;;) {
-		if (cycles >= MIN_CYCLES && now() - start >= secs &&
+		if (cycles >= min_cycles && now() - start >= secs &&
 		    ((atomic_load(&calls) >= min_calls && atomic_load(&signals) >= min_signals) ||
 		     (quick && now() - start >= 10)))
 			break;
@@ -440,13 +446,13 @@ int main(int argc, char **argv)
 		CHECK_RET(klp_enable_patch(&patch), 0);
 		if (cycles < FRESH_THREADS && cycles % 2 == 0)
 			first_call_in_a_handler(); /* during the patching transition, mostly */
-		CHECK_RET(klp_wait_transition(10000), 0);
+		CHECK_RET(klp_wait_transition(wait_ms), 0);
 		check_out_of_transition();
 		CHECK_RET(klp_patch_enabled(patch_name), 1);
 		CHECK_RET(klp_patch_set_enabled(patch_name, 0), 0);
 		if (cycles < FRESH_THREADS && cycles % 2 == 1)
 			first_call_in_a_handler(); /* during the unpatching transition, mostly */
-		CHECK_RET(klp_wait_transition(10000), 0);
+		CHECK_RET(klp_wait_transition(wait_ms), 0);
 		wait_released();
 		CHECK_RET(klp_patch_list(NULL, 0), 1); /* no patch: just the empty name */
 		cycles++;
