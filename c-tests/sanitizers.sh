@@ -84,7 +84,7 @@ for sync in preempt rcu; do
   # allocation, whatever libklp does).
   "$cc" -std=gnu11 -Wall -Wextra -Werror -g -I include c-tests/fork.c "$lib" -lpthread -ldl \
     -lm -o "$out/fork"
-  for mode in mid inside callback control first; do
+  for mode in mid inside callback first; do
     echo "+ fork $mode under valgrind memcheck (no leak check)"
     valgrind -q --error-exitcode=1 --leak-check=no "$out/fork" "$mode" > "$out/fork.valgrind.out"
   done
