@@ -64,12 +64,26 @@ static const char *role = "parent";
 		}                                                                       \
 	} while (0)
 
+/* How much slower than usual the program runs: 20 under valgrind (one thread at a time,
+ * instrumented), else 1. */
+static int slowness = 1;
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define UNDER_VALGRIND() RUNNING_ON_VALGRIND
+#endif
+#endif
+#ifndef UNDER_VALGRIND
+#define UNDER_VALGRIND() 0
+#endif
+
 /* How long a process may take before its alarm fails it, in seconds. */
-#define CHILD_WATCHDOG 10
-#define PARENT_WATCHDOG 60
+#define CHILD_WATCHDOG (10 * slowness)
+#define PARENT_WATCHDOG (60 * slowness)
 
 /* How long a wait for a transition that must complete may take, in milliseconds. */
-#define COMPLETES 5000
+#define COMPLETES (5000 * slowness)
 
 static void on_alarm(int sig)
 {
@@ -981,6 +995,8 @@ static void mode_first(void)
 
 int main(int argc, char **argv)
 {
+	if (UNDER_VALGRIND())
+		slowness = 20;
 	CHECK(argc == 2);
 	struct sigaction sa = { .sa_handler = on_alarm };
 	sigemptyset(&sa.sa_mask);
