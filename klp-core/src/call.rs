@@ -65,8 +65,59 @@ pub fn enter(site: &'static Site, frame: usize) -> *const () {
 /// [`leave_task`] (which then needs no thread-local lookup).
 #[inline(always)]
 pub fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
+    let Some(task) = task::existing() else {
+        return enter_unregistered(site, frame);
+    };
+    let Some((r, wait)) = task.thread.try_enter_fast(frame, &hooks(task)) else {
+        return enter_task_slow(site, task, frame);
+    };
+    if wait || (r.may_switch() && task.pending.load(Ordering::Relaxed) != 0) {
+        return enter_task_reserved(site, task, r, frame);
+    }
+    let imp = choose(site, task);
+    task.thread.publish_fast(
+        r,
+        std::ptr::from_ref(site) as usize,
+        imp as usize,
+        frame,
+        &hooks(task),
+    );
+    (imp, task)
+}
+
+/// [`enter_task`] on a thread that is not a task yet.
+#[cold]
+#[inline(never)]
+fn enter_unregistered(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
     let task = registry::current();
     let r = reserve(task, frame);
+    enter_task_reserved(site, task, r, frame)
+}
+
+/// [`enter_task`] when the common entry does not apply: a parked thread, entries left
+/// behind, interrupted bookkeeping, a deep stack.
+#[cold]
+#[inline(never)]
+fn enter_task_slow(
+    site: &'static Site,
+    task: &'static Task,
+    frame: usize,
+) -> (*const (), &'static Task) {
+    let r = task.thread.enter_slow(frame, &hooks(task));
+    enter_task_reserved(site, task, r, frame)
+}
+
+/// The rest of an entry once reserved: a claim to wait for, a switch to make, then the
+/// choice.
+#[cold]
+#[inline(never)]
+fn enter_task_reserved(
+    site: &'static Site,
+    task: &'static Task,
+    r: Reserved,
+    frame: usize,
+) -> (*const (), &'static Task) {
+    task.thread.wait_unclaimed();
     switch_on_entry(task, &r);
     let imp = choose(site, task);
     task.thread.publish(
@@ -165,7 +216,7 @@ pub unsafe fn enter_split(
         }
         if site.owner.load(Ordering::Acquire).is_null() {
             let imp = site.original.0;
-            task.thread.publish(
+            task.thread.publish_fast(
                 r,
                 std::ptr::from_ref(site) as usize,
                 imp as usize,
@@ -193,7 +244,7 @@ extern "C" fn enter_owned(
     task_out: *mut *const Task,
 ) -> *const () {
     let imp = choose(site, task);
-    task.thread.publish(
+    task.thread.publish_fast(
         r,
         std::ptr::from_ref(site) as usize,
         imp as usize,

@@ -194,9 +194,9 @@ impl Entry {
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct Reserved {
-    depth: u32,
-    /// Flags kept at publication: `BUSY` of interrupted code, `IRQ`.
-    keep: u32,
+    /// The depth below the entry, and the flags kept at publication (`BUSY` of
+    /// interrupted code, `IRQ`), as in the thread's word.
+    word: u32,
     irq: u64,
 }
 
@@ -204,14 +204,20 @@ impl Reserved {
     /// The depth below the entry (0: the outermost call).
     #[inline(always)]
     pub fn depth(&self) -> usize {
-        self.depth as usize
+        depth_of(self.word)
+    }
+
+    /// Flags kept at publication.
+    #[inline(always)]
+    fn keep(&self) -> u32 {
+        self.word & (BUSY | IRQ)
     }
 
     /// Whether the thread is at a switch point: the outermost call, not interrupting the
     /// thread's own bookkeeping. Its choice comes after any switch made now.
     #[inline(always)]
     pub fn may_switch(&self) -> bool {
-        self.depth == 0 && self.keep & BUSY == 0
+        self.word & !IRQ == 0
     }
 }
 
@@ -283,8 +289,7 @@ impl ThreadState {
         }
         Some((
             Reserved {
-                depth: d as u32,
-                keep: 0,
+                word: word_of(d, 0),
                 irq: 0,
             },
             wait,
@@ -327,8 +332,7 @@ impl ThreadState {
         self.wait_unclaimed();
         hooks.point(Point::Checked);
         Reserved {
-            depth: d as u32,
-            keep: below | irq_bit,
+            word: word_of(d, below | irq_bit),
             irq: b.saved,
         }
     }
@@ -348,6 +352,29 @@ impl ThreadState {
         Begin { word, saved }
     }
 
+    /// [`ThreadState::publish`] for a reservation of [`ThreadState::try_enter_fast`] (no
+    /// flag to keep, no irq state, recorded depth): four stores.
+    #[inline(always)]
+    pub fn publish_fast<H: Hooks>(
+        &self,
+        r: Reserved,
+        site: usize,
+        imp: usize,
+        frame: usize,
+        hooks: &H,
+    ) {
+        debug_assert!(r.keep() == 0 && r.irq == 0 && r.depth() < STACK_DEPTH);
+        hooks.point(Point::Chosen);
+        let d = r.depth();
+        if let Some(e) = self.entries.get(d) {
+            e.site.store(site, Ordering::Relaxed);
+            e.imp.store(imp, Ordering::Relaxed);
+            e.frame.store(frame, Ordering::Relaxed);
+        }
+        signal_fence();
+        self.word.store(word_of(d + 1, 0), Ordering::Relaxed);
+    }
+
     /// Publish the reserved entry: the call runs `imp` of `site`, in the wrapper whose
     /// frame is `frame`.
     #[inline(always)]
@@ -365,7 +392,7 @@ impl ThreadState {
         }
         // The entry, then the word that says it is written.
         signal_fence();
-        self.word.store(word_of(d + 1, r.keep), Ordering::Relaxed);
+        self.word.store(word_of(d + 1, r.keep()), Ordering::Relaxed);
     }
 
     /// A handler's call on a parked thread: out of PARKED for its duration (waiting for a

@@ -68,20 +68,25 @@ impl Model {
 
     /// Enter `site` at `frame`: the call path of `klp_core::call`.
     fn enter(&self, site: usize, frame: usize, hooks: &impl Hooks) -> usize {
-        let r = match self.thread.try_enter_fast(frame, hooks) {
+        // As in `klp_core::call`: the fast reservation publishes with `publish_fast`.
+        let (r, fast) = match self.thread.try_enter_fast(frame, hooks) {
             Some((r, wait)) => {
                 if wait {
                     self.thread.wait_unclaimed();
                 }
-                r
+                (r, true)
             }
-            None => self.thread.enter_slow(frame, hooks),
+            None => (self.thread.enter_slow(frame, hooks), false),
         };
         if r.may_switch() && self.pending.load(Ordering::Relaxed) {
             self.self_switch();
         }
         let imp = Self::imp(self.state.load(Ordering::Acquire));
-        self.thread.publish(r, site, imp, frame, hooks);
+        if fast {
+            self.thread.publish_fast(r, site, imp, frame, hooks);
+        } else {
+            self.thread.publish(r, site, imp, frame, hooks);
+        }
         imp
     }
 
