@@ -150,6 +150,22 @@ impl Inner {
     }
 }
 
+/// [`Flavor::irq_enter`] of an unwatched thread.
+#[cold]
+#[inline(never)]
+fn irq_watch(old: u32) -> IrqState {
+    local::set_flags(|f| (f | RCU_REGISTERED) & !PARKED);
+    IrqState(old)
+}
+
+/// [`Flavor::irq_exit`] after [`irq_watch`]: back to unwatched (the section that needed
+/// watching has ended, Release).
+#[cold]
+#[inline(never)]
+fn irq_unwatch(state: IrqState) {
+    local::set_flags(|_| state.0);
+}
+
 /// Every live instance, for the fork handlers.
 static INSTANCES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 
@@ -402,19 +418,20 @@ unsafe impl Flavor for Rcu {
         local::set_flags(|f| f & !PARKED);
     }
 
+    #[inline]
     fn irq_enter(&self) -> IrqState {
         let old = local::flags();
+        // The common case: watched already (one load of the thread's flags).
         if old & (RCU_REGISTERED | PARKED) == RCU_REGISTERED {
             return IrqState::WATCHED;
         }
-        local::set_flags(|f| (f | RCU_REGISTERED) & !PARKED);
-        IrqState(old)
+        irq_watch(old)
     }
 
+    #[inline]
     fn irq_exit(&self, state: IrqState) {
         if state != IrqState::WATCHED {
-            // Back to unwatched: the section that needed watching has ended (Release).
-            local::set_flags(|_| state.0);
+            irq_unwatch(state);
         }
     }
 }
