@@ -45,6 +45,16 @@ fn signal_handlers_on_running_and_parked_threads_never_see_a_mix() {
             .find(|l| l.starts_with("summary: "))
             .unwrap_or_else(|| panic!("{sync}: no summary line:\n{out}"));
         assert!(summary.contains(" mixes=0 "), "{sync}: {summary}");
+        // The acceptance floor of a CI run: 10^7 calls and 10^4 handled signals.
+        let count = |key: &str| -> u64 {
+            summary
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{sync}: no {key} in {summary}"))
+        };
+        assert!(count("calls=") >= 10_000_000, "{sync}: {summary}");
+        assert!(count("signals=") >= 10_000, "{sync}: {summary}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
