@@ -223,15 +223,26 @@ pub unsafe fn enter_split(
                 frame,
                 &hooks(task),
             );
-            if !task_out.is_null() {
-                // SAFETY: clause 1.
-                unsafe { *task_out = task };
-            }
+            // SAFETY: clause 1.
+            unsafe { hand_out(task_out, task) };
             return imp;
         }
         return enter_owned(site, task, r, frame, task_out);
     }
     enter_slow(site, frame, task_out)
+}
+
+/// `*task_out = task` for [`leave_split`], unless `task_out` is NULL.
+///
+/// # Safety
+///
+/// `task_out` is NULL or valid for a write.
+#[inline(always)]
+unsafe fn hand_out(task_out: *mut *const Task, task: *const Task) {
+    if !task_out.is_null() {
+        // SAFETY: the caller's clause.
+        unsafe { *task_out = task };
+    }
 }
 
 /// The rest of [`enter_split`] for a site that a patch owns, on a reserved entry.
@@ -251,10 +262,8 @@ extern "C" fn enter_owned(
         frame,
         &hooks(task),
     );
-    if !task_out.is_null() {
-        // SAFETY: `enter_split`'s clause 1.
-        unsafe { *task_out = task };
-    }
+    // SAFETY: `enter_split`'s clause 1.
+    unsafe { hand_out(task_out, task) };
     imp
 }
 
@@ -284,10 +293,8 @@ extern "C" fn enter_reserved(
         frame,
         &hooks(task),
     );
-    if !task_out.is_null() {
-        // SAFETY: `enter_split`'s clause 1.
-        unsafe { *task_out = task };
-    }
+    // SAFETY: `enter_split`'s clause 1.
+    unsafe { hand_out(task_out, task) };
     imp
 }
 
@@ -303,10 +310,8 @@ extern "C" fn enter_slow(
     // unrecorded, and `klp_leave` gets NULL.
     let task = std::panic::catch_unwind(registry::current).ok();
     let Some(task) = task else {
-        if !task_out.is_null() {
-            // SAFETY: `enter_split`'s clause 1.
-            unsafe { *task_out = std::ptr::null() };
-        }
+        // SAFETY: `enter_split`'s clause 1.
+        unsafe { hand_out(task_out, std::ptr::null()) };
         return site.original.0;
     };
     let r = reserve(task, frame);
