@@ -4,7 +4,7 @@
 //! enter(site, frame):  task = this thread's task              (one thread-local load)
 //!                      reserve an activation                  (thread::ThreadState)
 //!                      at a switch point with a switch pending: switch
-//!                      imp = the owner's choice, or the original
+//!                      imp = the site's resolved target, or the owner's choice
 //!                      publish (site, imp, frame)
 //! leave(site, frame):  pop; at a switch point with a switch pending: switch
 //! ```
@@ -194,8 +194,8 @@ impl Drop for LeaveGuard {
 // The C call path: no landing pad, no register save in the common case.
 
 /// [`enter_task`] for a call path that cannot afford a register save: the common case on
-/// a site no patch owns runs inline without a call; a site that a patch owns, and
-/// everything else, continue out of line (a sibling call). `*task_out` (when not NULL)
+/// a site with a resolved target (no transition changing it) runs inline without a call;
+/// a withdrawn site, and everything else, continue out of line (a sibling call). `*task_out` (when not NULL)
 /// receives the task for [`leave_split`], or NULL when the thread could not become a
 /// task. Never unwinds: the out-of-line parts catch a panic and run the original.
 ///
@@ -214,8 +214,9 @@ pub unsafe fn enter_split(
         if wait || (r.may_switch() && task.pending.load(Ordering::Relaxed) != 0) {
             return enter_reserved(site, task, r, frame, task_out);
         }
-        if site.owner.load(Ordering::Acquire).is_null() {
-            let imp = site.original.0;
+        // Acquire pairs with `Site::settle`'s Release.
+        let imp = site.resolved.load(Ordering::Acquire).cast_const();
+        if !imp.is_null() {
             task.thread.publish_fast(
                 r,
                 std::ptr::from_ref(site) as usize,
@@ -227,7 +228,7 @@ pub unsafe fn enter_split(
             unsafe { hand_out(task_out, task) };
             return imp;
         }
-        return enter_owned(site, task, r, frame, task_out);
+        return enter_withdrawn(site, task, r, frame, task_out);
     }
     enter_slow(site, frame, task_out)
 }
@@ -245,16 +246,18 @@ unsafe fn hand_out(task_out: *mut *const Task, task: *const Task) {
     }
 }
 
-/// The rest of [`enter_split`] for a site that a patch owns, on a reserved entry.
+/// The rest of [`enter_split`] for a site whose resolved target is withdrawn (a patch
+/// changes it), on a reserved entry. The owner's handler cannot unwind (it is an
+/// `extern "C"` function that aborts on a freed func record), so no landing pad here.
 #[inline(never)]
-extern "C" fn enter_owned(
+extern "C" fn enter_withdrawn(
     site: &'static Site,
     task: &'static Task,
     r: Reserved,
     frame: usize,
     task_out: *mut *const Task,
 ) -> *const () {
-    let imp = choose(site, task);
+    let imp = crate::site::choose_slow(site, task);
     task.thread.publish_fast(
         r,
         std::ptr::from_ref(site) as usize,

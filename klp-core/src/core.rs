@@ -114,8 +114,8 @@ pub(crate) struct Control {
     pub(crate) releases: Vec<PatchRec>,
     /// Kicks to call once the lock is dropped (their tasks pinned meanwhile).
     pub(crate) kicks: Vec<(&'static Task, Kick)>,
-    /// Sites whose func_stack became empty: given back after a grace period.
-    pub(crate) releasing: Vec<&'static Site>,
+    /// Sites given back after a grace period, and sites to settle.
+    pub(crate) sites: crate::patch::SiteLists,
 }
 
 pub(crate) struct PatchRec {
@@ -193,6 +193,7 @@ impl<F: Flavor + 'static> Drop for CtlGuard<'_, F> {
         let Some(mut g) = self.guard.take() else {
             return;
         };
+        self.core.settle_sites(&mut g);
         self.core.publish(&g);
         let releases = std::mem::take(&mut g.releases);
         let kicks = std::mem::take(&mut g.kicks);
@@ -436,7 +437,7 @@ impl<F: Flavor + 'static> Core<F> {
             if ctl.transition.is_none() && self.target.load(Ordering::SeqCst) != KLP_TRANSITION_IDLE
             {
                 // Its transition was cancelled (completed, not yet ended).
-                self.end_transition(&ctl);
+                self.end_transition(&mut ctl);
             }
             return Err(e);
         }

@@ -130,10 +130,8 @@ impl<F: Flavor + 'static> Core<F> {
             format_args!("reverting patch '{pname}' on unloading module '{name}'"),
         );
         {
-            let Control {
-                patches, releasing, ..
-            } = &mut *ctl;
-            self.unpatch_object(releasing, &mut patches[pi].objects[oi], false);
+            let Control { patches, sites, .. } = &mut *ctl;
+            self.unpatch_object(sites, &mut patches[pi].objects[oi], false);
         }
         // The module's code is going away: no handler may still return into it.
         self.synchronize(ctl);

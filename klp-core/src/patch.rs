@@ -100,7 +100,28 @@ pub(crate) unsafe extern "C" fn choose_releasing(
     site.original.0
 }
 
+/// The sites an engine changed, by what they wait for.
+#[derive(Default)]
+pub(crate) struct SiteLists {
+    /// Sites whose func_stack became empty: given back after a grace period.
+    pub(crate) releasing: Vec<&'static Site>,
+    /// Sites whose resolved target was withdrawn: settled when the control lock is
+    /// dropped with no transition in progress.
+    pub(crate) unsettled: Vec<&'static Site>,
+}
+
 impl<F: Flavor + 'static> Core<F> {
+    /// Settle the sites withdrawn meanwhile, unless a transition is in progress (see
+    /// `crate::site`). Called with the control lock held, before it is dropped.
+    pub(crate) fn settle_sites(&self, ctl: &mut Control) {
+        if ctl.transition.is_some() {
+            return;
+        }
+        for site in ctl.sites.unsettled.drain(..) {
+            site.settle(&self.dispatch, &self.releasing);
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn register_flavor(&self, task: &Task) {
@@ -113,22 +134,25 @@ impl<F: Flavor + 'static> Core<F> {
     // ----- §3.1 func_stack -------------------------------------------------------------
 
     /// Push `f` on its site's stack; `false` when another engine owns the site.
-    fn patch_func(&self, f: &mut FuncRec) -> bool {
+    fn patch_func(&self, unsettled: &mut Vec<&'static Site>, f: &mut FuncRec) -> bool {
         let site = f.site.expect("patch_func on an unresolved func");
         let mine: *const Dispatch = &self.dispatch;
         let releasing: *const Dispatch = &self.releasing;
         // One engine per site (the kernel's IPMODIFY exclusivity); a site we are giving
         // back is ours again.
+        // Calls take the full decision from here until the site is settled (see
+        // `crate::site`).
         let owner = site.owner.load(Ordering::Acquire);
-        let ok = std::ptr::eq(owner, mine)
-            || ((owner.is_null() || std::ptr::eq(owner, releasing))
-                && site
-                    .owner
-                    .compare_exchange(owner, mine.cast_mut(), Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok());
+        let ok = if std::ptr::eq(owner, mine) {
+            site.withdraw();
+            true
+        } else {
+            (owner.is_null() || std::ptr::eq(owner, releasing)) && site.take(owner, mine.cast_mut())
+        };
         if !ok {
             return false;
         }
+        unsettled.push(site);
         // SAFETY: the node is owned by the record and lives until after a grace period
         // that follows its removal from every stack.
         let node = unsafe { &*f.node };
@@ -141,11 +165,13 @@ impl<F: Flavor + 'static> Core<F> {
         true
     }
 
-    fn unpatch_func(&self, releasing: &mut Vec<&'static Site>, f: &mut FuncRec) {
+    fn unpatch_func(&self, sites: &mut SiteLists, f: &mut FuncRec) {
         if !f.patched {
             return;
         }
         let site = f.site.expect("patched func without a site");
+        site.withdraw();
+        sites.unsettled.push(site);
         let top = site.top.load(Ordering::Relaxed);
         // SAFETY: the node is ours (see patch_func).
         let next = unsafe { &*f.node }.next.load(Ordering::Relaxed);
@@ -171,7 +197,7 @@ impl<F: Flavor + 'static> Core<F> {
                 std::ptr::from_ref(&self.releasing).cast_mut(),
                 Ordering::Release,
             );
-            releasing.push(site);
+            sites.releasing.push(site);
         }
         f.patched = false;
     }
@@ -180,7 +206,7 @@ impl<F: Flavor + 'static> Core<F> {
     /// empty have no owner any more.
     pub(crate) fn release_sites(&self, ctl: &mut Control) {
         let releasing: *mut Dispatch = std::ptr::from_ref(&self.releasing).cast_mut();
-        for site in ctl.releasing.drain(..) {
+        for site in ctl.sites.releasing.drain(..) {
             if site.top.load(Ordering::Relaxed).is_null() {
                 let _ = site.owner.compare_exchange(
                     releasing,
@@ -206,12 +232,13 @@ impl<F: Flavor + 'static> Core<F> {
     ) -> Result<(), KlpError> {
         let ctl_ref = &mut *ctl;
         let o = &mut ctl_ref.patches[pi].objects[oi];
+        let sites = &mut ctl_ref.sites;
         let busy = o
             .funcs
             .iter_mut()
-            .find_map(|f| (!self.patch_func(f)).then(|| f.old_name.clone()));
+            .find_map(|f| (!self.patch_func(&mut sites.unsettled, f)).then(|| f.old_name.clone()));
         if let Some(name) = busy {
-            self.unpatch_object(&mut ctl_ref.releasing, o, false);
+            self.unpatch_object(sites, o, false);
             self.say(
                 ctl,
                 Level::Err,
@@ -226,15 +253,10 @@ impl<F: Flavor + 'static> Core<F> {
         Ok(())
     }
 
-    pub(crate) fn unpatch_object(
-        &self,
-        releasing: &mut Vec<&'static Site>,
-        o: &mut ObjRec,
-        nops_only: bool,
-    ) {
+    pub(crate) fn unpatch_object(&self, sites: &mut SiteLists, o: &mut ObjRec, nops_only: bool) {
         for f in &mut o.funcs {
             if !nops_only || f.nop {
-                self.unpatch_func(releasing, f);
+                self.unpatch_func(sites, f);
             }
         }
         if !nops_only || o.dynamic {
@@ -243,12 +265,10 @@ impl<F: Flavor + 'static> Core<F> {
     }
 
     pub(crate) fn unpatch_objects(&self, ctl: &mut Control, pi: usize, nops_only: bool) {
-        let Control {
-            patches, releasing, ..
-        } = ctl;
+        let Control { patches, sites, .. } = ctl;
         for o in &mut patches[pi].objects {
             if o.patched {
-                self.unpatch_object(releasing, o, nops_only);
+                self.unpatch_object(sites, o, nops_only);
             }
         }
     }

@@ -14,6 +14,22 @@
 //! over when it changed: with the grace period between the two steps, a section that
 //! still finds its engine in `owner` is one that the grace period waits for, so it
 //! cannot see the func_stack of the next engine (whose flavor would not protect it).
+//!
+//! # The resolved target
+//!
+//! While no transition touches a site, every thread makes the same choice: the newest
+//! func on the stack (the original for a nop or an empty stack). `resolved` holds that
+//! choice, and a call that finds it non-null runs it with no handler, read section or
+//! func-record check. It is null ("withdrawn") from before the owner changes the stack
+//! or starts a transition until the owner's control lock is dropped with no transition
+//! in progress (`settle`). No grace period is needed between the two: a call reserves
+//! its activation before it loads `resolved` (`crate::thread`, invariant 3), so a thread
+//! that loaded the previous target cannot be switched before its entry is published and
+//! checked like any other, and a thread switched after the withdrawal sees it (the
+//! switch is ordered after the withdrawal by the pending flag, the claim, or the
+//! worker's heavy barrier). Withdrawing, taking a site and settling take one lock, so
+//! that an engine settling a site never overwrites the withdrawal of the engine that
+//! took it meanwhile.
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -58,6 +74,9 @@ pub struct Site {
     pub(crate) top: AtomicPtr<FuncNode>,
     /// The engine whose funcs are on the stack (see the module documentation), or null.
     pub(crate) owner: AtomicPtr<Dispatch>,
+    /// What every thread would choose now, or null during changes and transitions (see
+    /// the module documentation).
+    pub(crate) resolved: AtomicPtr<()>,
     registered: AtomicBool,
 }
 
@@ -91,6 +110,7 @@ impl Site {
             sig,
             top: AtomicPtr::new(std::ptr::null_mut()),
             owner: AtomicPtr::new(std::ptr::null_mut()),
+            resolved: AtomicPtr::new(original.cast_mut()),
             registered: AtomicBool::new(false),
         }
     }
@@ -108,6 +128,55 @@ impl Site {
     /// The original implementation.
     pub fn original(&self) -> *const () {
         self.original.0
+    }
+
+    /// Withdraw the resolved target: calls take the owner's full decision until the
+    /// site is settled again.
+    pub(crate) fn withdraw(&self) {
+        let _g = resolve_lock();
+        self.resolved.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
+
+    /// Take the site for `mine` from `from` (null, or a releasing dispatch) and withdraw
+    /// its resolved target, as one step for `settle`.
+    pub(crate) fn take(&self, from: *mut Dispatch, mine: *mut Dispatch) -> bool {
+        let _g = resolve_lock();
+        let ok = self
+            .owner
+            .compare_exchange(from, mine, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            self.resolved.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
+        ok
+    }
+
+    /// Publish the resolved target of a site that `mine` (or `releasing`, or nobody)
+    /// owns. The caller holds the owning engine's control lock with no transition in
+    /// progress, so that every thread is at rest and would choose this; a site that
+    /// another engine owns now is that engine's to settle.
+    pub(crate) fn settle(&self, mine: *const Dispatch, releasing: *const Dispatch) {
+        let _g = resolve_lock();
+        let owner = self.owner.load(Ordering::Acquire).cast_const();
+        let target = if owner.is_null() || std::ptr::eq(owner, releasing) {
+            self.original.0
+        } else if std::ptr::eq(owner, mine) {
+            // SAFETY: our own stack, changed only under the control lock we hold; its
+            // nodes live while they are on it.
+            match unsafe { self.top.load(Ordering::Acquire).as_ref() } {
+                None => self.original.0,
+                Some(f) if f.nop => self.original.0,
+                Some(f) => {
+                    debug_assert!(!f.transition.load(Ordering::Relaxed));
+                    f.new_func.load(Ordering::Relaxed).cast_const()
+                }
+            }
+        } else {
+            return;
+        };
+        // Release: a call that runs the target sees what was written before (the
+        // patch's code is mapped, its state set up).
+        self.resolved.store(target.cast_mut(), Ordering::Release);
     }
 
     /// Whether an engine has funcs on this site (a patch uses it): its code must stay
@@ -138,6 +207,14 @@ impl Site {
         registry().retain(|s| !std::ptr::eq(*s, self));
     }
 
+    /// The implementation every call runs now without a decision (the site's resolved
+    /// target), or `None` while a patch changes the site: during a transition, and
+    /// while the owning engine's control operation is under way.
+    pub fn resolved(&self) -> Option<*const ()> {
+        let r = self.resolved.load(Ordering::Acquire);
+        (!r.is_null()).then_some(r.cast_const())
+    }
+
     /// Which implementation a call made now by this thread would run (for tests and
     /// tools; a call does this itself).
     pub fn current_impl(&'static self) -> *const () {
@@ -146,6 +223,14 @@ impl Site {
 }
 
 static SITES: Mutex<Vec<&'static Site>> = Mutex::new(Vec::new());
+
+/// Serializes withdrawing, taking and settling (see the module documentation). Taken
+/// only under an engine's control lock, so a fork never finds it held.
+static RESOLVE: Mutex<()> = Mutex::new(());
+
+fn resolve_lock() -> MutexGuard<'static, ()> {
+    RESOLVE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub(crate) fn registry() -> MutexGuard<'static, Vec<&'static Site>> {
     SITES.lock().unwrap_or_else(|e| e.into_inner())
@@ -194,10 +279,22 @@ pub fn lookup(object: Option<&str>, name: &str, sympos: u64) -> Option<&'static 
     resolve(object, name, sympos).ok()
 }
 
-/// The §3 decision for `site` on `task`: through the owner's handler, starting over when
-/// the owner changed under it.
+/// The §3 decision for `site` on `task`: the resolved target when the site has one,
+/// otherwise the owner's handler. The caller has reserved its activation.
 #[inline(always)]
 pub(crate) fn choose(site: &'static Site, task: &Task) -> *const () {
+    // Acquire pairs with `settle`'s Release.
+    let resolved = site.resolved.load(Ordering::Acquire);
+    if !resolved.is_null() {
+        return resolved;
+    }
+    choose_slow(site, task)
+}
+
+/// [`choose`] while the site is withdrawn: the owner's handler, starting over when the
+/// owner changed under it.
+#[inline(never)]
+pub(crate) fn choose_slow(site: &'static Site, task: &Task) -> *const () {
     loop {
         // Acquire pairs with the Release that installed the owner after its func was pushed.
         let owner = site.owner.load(Ordering::Acquire);

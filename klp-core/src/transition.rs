@@ -229,6 +229,19 @@ impl<F: Flavor + 'static> Core<F> {
 
     /// §4.2.
     pub(crate) fn init_transition(&self, ctl: &mut Control, pi: usize, target: i8) {
+        // Calls take the full decision until the transition ends (funcs the patch has
+        // yet to push are withdrawn as they are pushed). Before any thread is flagged.
+        let Control { patches, sites, .. } = &mut *ctl;
+        for site in patches[pi]
+            .objects
+            .iter()
+            .flat_map(|o| o.funcs.iter())
+            .filter(|f| f.patched)
+            .filter_map(|f| f.site)
+        {
+            site.withdraw();
+            sites.unsettled.push(site);
+        }
         ctl.transition = Some(pi);
         self.target.store(target, Ordering::SeqCst);
         self.say(
@@ -444,8 +457,10 @@ impl<F: Flavor + 'static> Core<F> {
 
     /// The end of a completed transition, once the patches it freed are off the list:
     /// no transition any more, and waiters see the list as it now is.
-    pub(crate) fn end_transition(&self, ctl: &Control) {
+    pub(crate) fn end_transition(&self, ctl: &mut Control) {
         self.target.store(KLP_TRANSITION_IDLE, Ordering::SeqCst);
+        // Settled before waiters wake: a wait that returns finds the resolved targets.
+        self.settle_sites(ctl);
         self.publish(ctl);
         self.worker.retry_at.store(0, Ordering::Relaxed);
         self.worker.now.store(false, Ordering::Relaxed);

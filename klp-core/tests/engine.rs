@@ -734,9 +734,11 @@ fn a_thread_born_during_a_transition_starts_at_the_target() {
 }
 
 /// The seed's case made visible: a patched function called on a parked thread (what a
-/// signal handler on a blocked thread does). rcu would not watch the thread there: the
-/// engine makes it watch for the call (the kernel's `rcu_irq_enter`), counts it and warns
-/// once; preempt watches every thread and never needs to.
+/// signal handler on a blocked thread does) during a transition, when the call takes the
+/// full decision (outside transitions it runs the site's resolved target and reads no
+/// func_stack). rcu would not watch the thread there: the engine makes it watch for the
+/// call (the kernel's `rcu_irq_enter`), counts it and warns once; preempt watches every
+/// thread and never needs to.
 fn call_while_parked<F: Flavor + 'static>(klp: Klp<F>) -> u64 {
     patchable! {
         fn e_seed(x: u32) -> u32 { x }
@@ -744,12 +746,17 @@ fn call_while_parked<F: Flavor + 'static>(klp: Klp<F>) -> u64 {
     fn e_seed_fixed(x: u32) -> u32 {
         x + 1
     }
+    // A thread blocked inside a function of the patch holds its transition.
+    let (h, release) = blocked_thread();
     klp.enable(
-        Patch::new("p_seed")
-            .object(Object::vmlinux().func(Func::new("e_seed", e_seed_fixed as fn(u32) -> u32))),
+        Patch::new("p_seed").object(
+            Object::vmlinux()
+                .func(Func::new("e_seed", e_seed_fixed as fn(u32) -> u32))
+                .func(Func::new("e_block", e_block_fixed as fn() -> u32)),
+        ),
     )
     .unwrap();
-    assert!(klp.wait_transition(LIMIT));
+    assert!(klp.patch("p_seed").unwrap().transition);
     let v = std::thread::spawn(|| {
         e_seed(0); // registers the thread (and, for rcu, with the flavor)
         park();
@@ -760,7 +767,13 @@ fn call_while_parked<F: Flavor + 'static>(klp: Klp<F>) -> u64 {
     })
     .join()
     .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(
+        v, 2,
+        "a thread born during the transition starts at the target"
+    );
+    release();
+    assert_eq!(h.join().unwrap(), 1);
+    assert!(klp.wait_transition(LIMIT));
     disable_wait(&klp, "p_seed");
     klp.not_watching_count()
 }

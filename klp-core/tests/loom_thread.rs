@@ -9,11 +9,17 @@
 //! choices (the outer function and the inner one it calls) with one patch state — a
 //! thread never runs a mix of old and new functions — and the thread's words are back at
 //! rest afterwards.
+//!
+//! The sites' resolved target (`klp_core::site`) is modelled too: a call runs the
+//! resolved target when there is one, the transition withdraws it before it flags the
+//! thread, and the worker settles it to the new function once the thread has switched
+//! (the transition is complete). A call that loaded the old target before the withdrawal
+//! must never be followed, in the same outermost call, by a choice of the new one.
 #![cfg(klp_loom)]
 
 use klp_core::thread::{Activation, Hooks, Point, ThreadState, run_barrier};
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicBool, AtomicI8, AtomicU32, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicI8, AtomicU32, AtomicUsize, Ordering};
 use std::cell::Cell;
 
 const UNPATCHED: i8 = 0;
@@ -33,6 +39,9 @@ struct Model {
     mixed: AtomicBool,
     /// Switches made (by the thread or the worker).
     switched: AtomicU32,
+    /// The site's resolved target: what every thread runs while no transition is in
+    /// progress, 0 while withdrawn.
+    resolved: AtomicUsize,
 }
 
 impl Model {
@@ -43,6 +52,7 @@ impl Model {
             state: AtomicI8::new(UNPATCHED),
             mixed: AtomicBool::new(false),
             switched: AtomicU32::new(0),
+            resolved: AtomicUsize::new(if pending { 0 } else { OLD }),
         })
     }
 
@@ -81,7 +91,13 @@ impl Model {
         if r.may_switch() && self.pending.load(Ordering::Relaxed) {
             self.self_switch();
         }
-        let imp = Self::imp(self.state.load(Ordering::Acquire));
+        // As `klp_core::site::choose`: the resolved target, else the decision.
+        let resolved = self.resolved.load(Ordering::Acquire);
+        let imp = if resolved != 0 {
+            resolved
+        } else {
+            Self::imp(self.state.load(Ordering::Acquire))
+        };
         if fast {
             self.thread.publish_fast(r, site, imp, frame, hooks);
         } else {
@@ -131,6 +147,8 @@ impl Model {
     /// The transition starts (the thread is flagged), then the worker's attempt: claim
     /// parked, else claim running at depth 0.
     fn worker(&self) {
+        // `init_transition` withdraws the target before `start_transition` flags.
+        self.resolved.store(0, Ordering::SeqCst);
         self.pending.store(true, Ordering::SeqCst);
         if let Some(c) = self.thread.claim() {
             let mut clean = true;
@@ -143,14 +161,23 @@ impl Model {
                 self.worker_switch();
             }
             drop(c);
-            return;
+        } else {
+            self.thread.run_claim();
+            run_barrier();
+            if self.thread.outside() {
+                self.worker_switch();
+            }
+            self.thread.run_release();
         }
-        self.thread.run_claim();
-        run_barrier();
-        if self.thread.outside() {
-            self.worker_switch();
+        self.settle_if_complete();
+    }
+
+    /// The transition completes once the (only) thread has switched, whoever switched
+    /// it; the control lock is then dropped and the site settled to the new target.
+    fn settle_if_complete(&self) {
+        if self.state.load(Ordering::Acquire) == PATCHED {
+            self.resolved.store(NEW, Ordering::Release);
         }
-        self.thread.run_release();
     }
 }
 
