@@ -136,9 +136,15 @@ impl<F: Flavor + 'static> Core<F> {
         // The module's code is going away: no handler may still return into it.
         self.synchronize(ctl);
         self.post_unpatch(ctl, pi, oi);
-        let o = &mut ctl.patches[pi].objects[oi];
+        let Control { patches, sites, .. } = &mut *ctl;
+        let o = &mut patches[pi].objects[oi];
         o.loaded = false;
         for f in &mut o.funcs {
+            // Its memory goes with the module: never settled (it stays withdrawn, and its
+            // calls, if any still come, take the full decision and find no owner).
+            if let Some(gone) = f.site {
+                sites.unsettled.retain(|s| !std::ptr::eq(*s, gone));
+            }
             f.site = None;
             if f.nop {
                 f.new_func = None;
