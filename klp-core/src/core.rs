@@ -52,6 +52,66 @@ pub(crate) fn holds_any_control() -> bool {
 
 /// The livepatch engine for one read-side flavor. Cheap to copy; lives for the rest of
 /// the process.
+///
+/// An engine is the kernel's livepatch core for the threads of this process: it enables
+/// [`Patch`]es on the functions that [`patchable!`](crate::patchable) defined, switches
+/// each thread to a patch at a moment when none of the functions the patch replaces is
+/// running on it (the per-thread consistency model), and disables, reverses, forces and
+/// replaces patches as the kernel's `/sys/kernel/livepatch` writes do. Its log lines are
+/// the kernel's; [`Klp::new`] sends them to standard error, [`Klp::with_log`] anywhere.
+///
+/// At most [`MAX_ENGINES`](crate::MAX_ENGINES) engines exist in a process; a program
+/// usually has one, shared by copying it.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use klp_core::log::{Capture, Log};
+/// use klp_core::{Func, Klp, KlpError, Object, Patch, patchable};
+/// use klp_sync::Preempt;
+///
+/// patchable! {
+///     /// The function with the bug.
+///     fn area(w: u32, h: u32) -> u32 { w + h }
+/// }
+/// /// The fix: exactly the type of `area`, `fn(u32, u32) -> u32`.
+/// fn area_fixed(w: u32, h: u32) -> u32 { w * h }
+///
+/// let lines = Capture::new(); // keeps the log lines, to show them here
+/// let klp = Klp::with_log(Preempt::new(), Log::new(lines.clone()));
+/// assert_eq!(area(3, 4), 7);
+///
+/// // klp_enable_patch(): the transition starts; each thread switches at a safe point.
+/// klp.enable(Patch::new("fix_area").object(
+///     Object::vmlinux().func(Func::new("area", area_fixed as fn(u32, u32) -> u32)),
+/// ))?;
+/// klp.wait(Duration::from_secs(10))?; // every thread has switched
+/// assert_eq!(area(3, 4), 12);
+///
+/// // What /sys/kernel/livepatch/fix_area/ shows.
+/// let info = klp.patch("fix_area").expect("the patch is in use");
+/// assert!(info.enabled && !info.transition);
+/// assert_eq!(info.objects, [("vmlinux".to_owned(), true)]);
+///
+/// // Bad requests change nothing and carry the kernel's errno.
+/// let err = klp.set_enabled("no_such_patch", false).unwrap_err();
+/// assert_eq!(err.errno(), -klp_core::libc_errno::ENOENT);
+///
+/// // echo 0 > /sys/kernel/livepatch/fix_area/enabled
+/// klp.set_enabled("fix_area", false)?;
+/// klp.wait(Duration::from_secs(10))?;
+/// assert_eq!(area(3, 4), 7);
+/// assert!(klp.patch("fix_area").is_none()); // a disabled patch is released
+///
+/// assert_eq!(lines.take()[0], "livepatch: enabling patch 'fix_area'");
+/// # Ok::<(), KlpError>(())
+/// ```
+///
+/// `examples/patch_self.rs` shows the consistency model at work: a thread in the middle
+/// of a replaced function keeps the old code until it returns, while the others already
+/// run the new one.
 pub struct Klp<F: Flavor + 'static> {
     pub(crate) core: &'static Core<F>,
 }

@@ -15,8 +15,14 @@
 //! errno and log line. [`docs`] explains the design: the per-thread state machine,
 //! signal handlers, `fork`, re-entrant callers and what each context may call.
 //!
+//! # Example
+//!
+//! A program that patches one of its own functions:
+//!
 //! ```
-//! use klp_core::{Func, Klp, Object, Patch, patchable};
+//! use std::time::Duration;
+//!
+//! use klp_core::{Func, Klp, KlpError, Object, Patch, patchable};
 //! use klp_sync::Preempt;
 //!
 //! patchable! {
@@ -24,15 +30,25 @@
 //! }
 //! fn fixed_greeting(n: u32) -> String { format!("hello, {n}") }
 //!
-//! let klp = Klp::new(Preempt::new());
+//! let klp = Klp::new(Preempt::new()); // the livepatch core of this process
 //! assert_eq!(greeting(1), "hello 1");
-//! klp.enable(Patch::new("fix").object(Object::vmlinux().func(Func::new("greeting", fixed_greeting as fn(u32) -> String)))).unwrap();
-//! assert!(klp.wait_transition(std::time::Duration::from_secs(10)));
+//! klp.enable(Patch::new("fix").object(
+//!     Object::vmlinux().func(Func::new("greeting", fixed_greeting as fn(u32) -> String)),
+//! ))?; // livepatch: enabling patch 'fix' (on standard error)
+//! assert!(klp.wait_transition(Duration::from_secs(10)));
 //! assert_eq!(greeting(1), "hello, 1");
-//! klp.set_enabled("fix", false).unwrap();
-//! assert!(klp.wait_transition(std::time::Duration::from_secs(10)));
+//! klp.set_enabled("fix", false)?;
+//! assert!(klp.wait_transition(Duration::from_secs(10)));
 //! assert_eq!(greeting(1), "hello 1");
+//! # Ok::<(), KlpError>(())
 //! ```
+//!
+//! Where to go from here: [`Klp`] (the engine and its control surface), [`Patch`]
+//! (objects, funcs, callbacks, system states, atomic replace), [`patchable!`], the
+//! flavors of [`klp_sync`] ([`Preempt`](klp_sync::Preempt), [`Rcu`](klp_sync::Rcu),
+//! [`Lock`](klp_sync::Lock)) and [`shadow::Shadow`]. The program `examples/patch_self.rs`
+//! (`cargo run --release -p klp-core --example patch_self`) patches itself while its
+//! threads run and shows each of them switching at its own safe point.
 //!
 //! # Files
 //!

@@ -23,7 +23,27 @@
 ///
 /// Free, non-generic functions only; arguments are plain identifiers. A replacement must
 /// have exactly the function's type (`fn(u32) -> u32` above), which is checked when a
-/// patch is enabled.
+/// patch is enabled:
+///
+/// ```
+/// use klp_core::{Func, Klp, KlpError, Object, Patch, patchable};
+/// use klp_sync::Preempt;
+///
+/// patchable! {
+///     fn scale(x: u32) -> u32 { x * 2 }
+/// }
+/// fn scale_wide(x: u64) -> u64 { x * 3 }
+///
+/// let klp = Klp::new(Preempt::new());
+/// let patch = Patch::new("bad_scale")
+///     .object(Object::vmlinux().func(Func::new("scale", scale_wide as fn(u64) -> u64)));
+/// assert!(matches!(klp.enable(patch), Err(KlpError::Invalid(_))));
+/// assert_eq!(scale(2), 4); // nothing changed
+/// ```
+///
+/// A call of a patchable function runs the implementation of the calling thread's patch
+/// state: the original, or the newest replacement of the patches the thread has switched
+/// to ([`Klp`](crate::Klp) describes when threads switch).
 #[macro_export]
 macro_rules! patchable {
     (object = $obj:literal; $($rest:tt)*) => {

@@ -307,6 +307,84 @@ impl State {
 }
 
 /// A livepatch (`struct klp_patch`), ready to be enabled.
+///
+/// A patch is built, then handed to [`Klp::enable`](crate::Klp::enable): a name, the
+/// [`Object`]s it patches (the main program, [`Object::vmlinux`], or named objects, the
+/// kernel's modules), in each the replaced functions ([`Func`]) and the [`Callbacks`],
+/// the system [`State`]s it sets up, and whether it is cumulative ([`Patch::replace`]).
+/// A replacement must have exactly the type of the function it replaces; that and every
+/// other rule are checked when the patch is enabled, and nothing changes when one fails.
+///
+/// # Example
+///
+/// A fix, then a cumulative patch that carries it with one more fix and takes its system
+/// state over.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+///
+/// use klp_core::{Func, Klp, KlpError, Object, Patch, patchable};
+/// use klp_sync::Preempt;
+///
+/// patchable! {
+///     fn price(qty: u32) -> u32 { qty * 10 }
+/// }
+/// patchable! {
+///     fn tax(amount: u32) -> u32 { amount / 10 }
+/// }
+/// fn price_v2(qty: u32) -> u32 { qty * 9 }
+/// fn tax_v3(amount: u32) -> u32 { amount / 5 }
+///
+/// let klp = Klp::new(Preempt::new());
+/// let post_patch_calls = Arc::new(AtomicUsize::new(0));
+/// let calls = Arc::clone(&post_patch_calls);
+///
+/// let v2 = Patch::new("shop_v2")
+///     .object(
+///         Object::vmlinux()
+///             .func(Func::new("price", price_v2 as fn(u32) -> u32))
+///             // Runs once every thread runs the new code.
+///             .post_patch(move |ctx| {
+///                 assert_eq!(ctx.describe(), "vmlinux");
+///                 calls.fetch_add(1, Ordering::SeqCst);
+///             }),
+///     )
+///     .state(1, 1); // system state 1, version 1: something this patch set up
+/// assert_eq!(v2.name(), "shop_v2");
+/// klp.enable(v2)?;
+/// klp.wait(Duration::from_secs(10))?;
+/// assert_eq!((price(2), tax(100)), (18, 10));
+/// assert_eq!(post_patch_calls.load(Ordering::SeqCst), 1);
+/// assert_eq!(klp.get_state("shop_v2", 1).map(|s| s.version), Some(1));
+///
+/// // Atomic replace: the new patch holds every fix still wanted and every state still
+/// // set up (at the same or a higher version); the patches before it are replaced.
+/// let v3 = Patch::new("shop_v3")
+///     .object(
+///         Object::vmlinux()
+///             .func(Func::new("price", price_v2 as fn(u32) -> u32))
+///             .func(Func::new("tax", tax_v3 as fn(u32) -> u32))
+///             // Runs before the transition: may take state 1 over, or refuse.
+///             .pre_patch(|ctx| match ctx.get_prev_state(1) {
+///                 Some(prev) if prev.version <= 2 => Ok(()),
+///                 _ => Err(-klp_core::libc_errno::EINVAL),
+///             }),
+///     )
+///     .state(1, 2)
+///     .replace(true);
+/// klp.enable(v3)?;
+/// klp.wait(Duration::from_secs(10))?;
+/// assert_eq!((price(2), tax(100)), (18, 20));
+/// let names: Vec<String> = klp.patches().into_iter().map(|p| p.name).collect();
+/// assert_eq!(names, ["shop_v3"]);
+///
+/// klp.set_enabled("shop_v3", false)?;
+/// klp.wait(Duration::from_secs(10))?;
+/// assert_eq!((price(2), tax(100)), (20, 10));
+/// # Ok::<(), KlpError>(())
+/// ```
 #[derive(Clone)]
 pub struct Patch {
     pub(crate) name: String,

@@ -166,6 +166,68 @@ pub type Dtor<'a> = &'a mut dyn FnMut(*const c_void, NonNull<u8>);
 
 /// A store of shadow variables whose readers are protected by the flavor `F` (see the
 /// module documentation).
+///
+/// # Example
+///
+/// A patch adds a field to a structure it cannot change: a shadow variable per instance,
+/// made by a constructor, read back by address, freed with a destructor.
+///
+/// ```
+/// use std::ffi::c_void;
+/// use std::ptr::NonNull;
+/// use std::sync::Arc;
+///
+/// use klp_core::log::{Capture, Log};
+/// use klp_core::shadow::Shadow;
+/// use klp_sync::{Flavor, Preempt};
+///
+/// /// The structure of the unpatched program.
+/// struct Conn {
+///     fd: i32,
+/// }
+/// /// The shadow variable's id: the patch's new field, `Conn::retries`.
+/// const RETRIES: u64 = 1;
+///
+/// let lines = Capture::new();
+/// let shadow = Shadow::new(Arc::new(Preempt::new()), Log::new(lines.clone()));
+/// let conn = Conn { fd: 3 };
+/// let obj = &conn as *const Conn as *const c_void; // a key only, never dereferenced
+///
+/// // klp_shadow_alloc(obj, id, size, ctor): the constructor fills the zeroed data
+/// // before anyone can see it; an `Err` (a negative errno) attaches nothing.
+/// let mut ctor = |_obj: *const c_void, data: NonNull<u8>| -> Result<(), i32> {
+///     // SAFETY (example): `data` is the new variable's 4 private bytes, aligned to
+///     // `DATA_ALIGN`.
+///     unsafe { data.cast::<u32>().write(5) };
+///     Ok(())
+/// };
+/// let data = shadow.alloc(obj, RETRIES, size_of::<u32>(), Some(&mut ctor));
+/// assert!(data.is_some());
+///
+/// // klp_shadow_get(obj, id), lock-free. The data stays valid until it is freed; here
+/// // nothing frees it concurrently (the owner of `conn` does, below).
+/// let retries = shadow.get(obj, RETRIES).expect("attached").cast::<u32>();
+/// assert_eq!(retries, data.unwrap().cast());
+/// // SAFETY (example): attached above, freed only below, by this thread.
+/// unsafe { *retries.as_ptr() -= 1 };
+///
+/// // A second variable for the same pair is refused, with the kernel's warning.
+/// assert_eq!(shadow.alloc(obj, RETRIES, size_of::<u32>(), None), None);
+/// assert_eq!(lines.take(), [format!("livepatch: Duplicate shadow variable <{obj:p}, 1>")]);
+///
+/// // klp_shadow_free(obj, id, dtor): detached at once, memory back after a grace period.
+/// let mut last = 0;
+/// let mut dtor = |_obj: *const c_void, data: NonNull<u8>| {
+///     // SAFETY (example): the variable's data, still intact in its destructor.
+///     last = unsafe { data.cast::<u32>().read() };
+/// };
+/// assert!(shadow.free(obj, RETRIES, Some(&mut dtor)));
+/// assert_eq!(last, 4);
+/// assert_eq!(shadow.get(obj, RETRIES), None);
+/// shadow.flavor().barrier();
+/// assert_eq!(shadow.outstanding(), 0);
+/// # let _ = conn.fd;
+/// ```
 pub struct Shadow<F: Flavor> {
     buckets: Box<[AtomicPtr<Header>]>,
     /// Writer locks: bucket `b` belongs to stripe `b & (stripes.len() - 1)`. Each counts

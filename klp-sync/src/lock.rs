@@ -18,7 +18,40 @@ thread_local! {
     static HELD: RefCell<Vec<(u64, u32)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The lock flavor (see the module documentation of the crate).
+/// The lock flavor: a reader-writer lock, every thread watched (see the [crate]
+/// documentation). Slow and obviously right: the reference the other flavors are compared
+/// with.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::{Arc, mpsc};
+/// use std::time::{Duration, Instant};
+///
+/// use klp_sync::{Flavor, Lock};
+///
+/// let lock = Arc::new(Lock::new());
+/// let (inside_tx, inside) = mpsc::channel();
+/// let reader = {
+///     let lock = Arc::clone(&lock);
+///     std::thread::spawn(move || {
+///         let _outer = lock.read_lock();
+///         let _inner = lock.read_lock(); // nested: passes even if a writer waits
+///         inside_tx.send(Instant::now()).unwrap();
+///         std::thread::sleep(Duration::from_millis(20));
+///     })
+/// };
+/// let entered = inside.recv().unwrap();
+/// lock.synchronize(); // takes the lock exclusively once the reader has left
+/// assert!(entered.elapsed() >= Duration::from_millis(20));
+/// reader.join().unwrap();
+///
+/// assert!(lock.is_watching());
+/// let (done_tx, done) = mpsc::channel();
+/// lock.defer(Box::new(move || done_tx.send(1).unwrap())); // after a grace period, in place
+/// lock.barrier();
+/// assert_eq!(done.try_recv(), Ok(1));
+/// ```
 pub struct Lock {
     id: u64,
     state: Mutex<State>,

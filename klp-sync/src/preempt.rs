@@ -12,7 +12,53 @@ use crate::os::{self, ProcessBarrier};
 use crate::reader::{self, SlotToken};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-/// The preempt flavor (see the module documentation of the crate).
+/// The preempt flavor: every thread is watched, from its first read section on, parked or
+/// not (see the [crate] documentation).
+///
+/// A grace period is one process-wide barrier plus a scan of every thread's word;
+/// concurrent callers take turns, and [`Flavor::defer`] waits for a grace period in place
+/// before it runs the closure.
+///
+/// # Example
+///
+/// A grace period waits for a read section that another thread is in:
+///
+/// ```
+/// use std::sync::{Arc, mpsc};
+/// use std::time::{Duration, Instant};
+///
+/// use klp_sync::{Flavor, Preempt};
+///
+/// let preempt = Arc::new(Preempt::new());
+/// let (inside_tx, inside) = mpsc::channel();
+/// let reader = {
+///     let preempt = Arc::clone(&preempt);
+///     std::thread::spawn(move || {
+///         assert!(preempt.is_watching()); // no registration needed
+///         let _guard = preempt.read_lock(); // the section ends when the guard is dropped
+///         inside_tx.send(Instant::now()).unwrap();
+///         std::thread::sleep(Duration::from_millis(20));
+///     })
+/// };
+/// let entered = inside.recv().unwrap();
+/// preempt.synchronize(); // returns only once the reader's section has ended
+/// assert!(entered.elapsed() >= Duration::from_millis(20));
+/// reader.join().unwrap();
+///
+/// // Read sections nest; the section ends with the outermost guard.
+/// {
+///     let _outer = preempt.read_lock();
+///     let _inner = preempt.read_lock();
+///     assert!(klp_sync::in_read_section());
+/// }
+/// assert!(!klp_sync::in_read_section());
+///
+/// // `defer` runs a closure after a grace period; `barrier` waits for every one deferred.
+/// let (done_tx, done) = mpsc::channel();
+/// preempt.defer(Box::new(move || done_tx.send("reclaimed").unwrap()));
+/// preempt.barrier();
+/// assert_eq!(done.try_recv(), Ok("reclaimed"));
+/// ```
 pub struct Preempt {
     /// Serializes grace periods: the kernel's `schedule_on_each_cpu` callers do not share.
     serial: Arc<Mutex<()>>,

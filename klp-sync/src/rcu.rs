@@ -23,7 +23,53 @@ use std::thread::{JoinHandle, ThreadId};
 
 type Callback = Box<dyn FnOnce() + Send + 'static>;
 
-/// The rcu flavor (see the module documentation of the crate).
+/// The rcu flavor, after liburcu-memb: only registered threads that are not parked are
+/// watched (see the [crate] documentation).
+///
+/// Concurrent [`Flavor::synchronize`] callers share grace periods, [`Flavor::defer`]
+/// queues the closure for a worker thread that runs one grace period per batch, and
+/// [`Rcu::start_poll`] / [`Rcu::poll`] give polled grace periods.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::{Arc, mpsc};
+/// use std::time::{Duration, Instant};
+///
+/// use klp_sync::{Flavor, Rcu};
+///
+/// let rcu = Arc::new(Rcu::new());
+/// let (inside_tx, inside) = mpsc::channel();
+/// let reader = {
+///     let rcu = Arc::clone(&rcu);
+///     std::thread::spawn(move || {
+///         // An unregistered thread's read sections are not waited for: the hazard
+///         // that made the kernel change its livepatch handler in 2017.
+///         assert!(!rcu.is_watching());
+///         let _me = rcu.register_thread(); // unregistered again when dropped
+///         assert!(rcu.is_watching());
+///         let _guard = rcu.read_lock();
+///         inside_tx.send(Instant::now()).unwrap();
+///         std::thread::sleep(Duration::from_millis(20));
+///     })
+/// };
+/// let entered = inside.recv().unwrap();
+/// rcu.synchronize(); // waits for the registered reader's section
+/// assert!(entered.elapsed() >= Duration::from_millis(20));
+/// reader.join().unwrap();
+///
+/// // `defer` queues the closure for the worker and returns at once; `barrier` waits.
+/// let (done_tx, done) = mpsc::channel();
+/// rcu.defer(Box::new(move || done_tx.send("reclaimed").unwrap()));
+/// rcu.barrier();
+/// assert_eq!(done.try_recv(), Ok("reclaimed"));
+///
+/// // A polled grace period: start one, do other work, check.
+/// let cookie = rcu.start_poll();
+/// while !rcu.poll(cookie) {
+///     std::thread::sleep(Duration::from_millis(1));
+/// }
+/// ```
 pub struct Rcu {
     inner: Arc<Inner>,
 }
