@@ -75,6 +75,8 @@ mod control;
 #[cfg(not(klp_loom))]
 mod core;
 #[cfg(not(klp_loom))]
+pub mod entry;
+#[cfg(not(klp_loom))]
 mod error;
 #[cfg(not(klp_loom))]
 mod fork;
