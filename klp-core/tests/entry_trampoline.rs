@@ -147,7 +147,7 @@ const FUNCS: [&str; 5] = [
 
 #[test]
 fn every_argument_crosses_an_armed_entry() {
-    let _s = SERIAL.lock().unwrap();
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !std::is_x86_feature_detected!("avx") {
         eprintln!("no AVX on this CPU: the 256-bit argument cannot be built");
         return;
@@ -193,7 +193,7 @@ fn every_argument_crosses_an_armed_entry() {
 
 #[test]
 fn arming_and_disarming_under_calls() {
-    let _s = SERIAL.lock().unwrap();
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     trampoline::init(handler);
     let text = Text::get().unwrap();
     let (old, new, sites) = libs();
@@ -231,6 +231,12 @@ fn arming_and_disarming_under_calls() {
     let before = HANDLED.load(Ordering::Relaxed);
     for _ in 0..cycles {
         arm(text, &s);
+        // Let a call through while armed (bounded: the callers may not be scheduled).
+        let seen = HANDLED.load(Ordering::Relaxed);
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(5);
+        while HANDLED.load(Ordering::Relaxed) == seen && std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
         disarm(text, &s);
     }
     stop.store(true, Ordering::Relaxed);
