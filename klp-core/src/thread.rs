@@ -9,7 +9,7 @@
 //! # The words
 //!
 //! ```text
-//!   word  = depth << 2 | IRQ << 1 | BUSY       owner-written
+//!   word  = depth << 3 | PARKB << 2 | IRQ << 1 | BUSY     owner-written
 //!   park  = RUNNING | PARKED | CLAIMED         owner: RUNNING <-> PARKED; worker: PARKED <-> CLAIMED
 //!   park_depth                                 owner-only: unmatched park() calls
 //!   claims                                     workers: how many hold a "running" claim
@@ -23,6 +23,10 @@
 //! * `IRQ`: an entry on the stack was entered by a signal handler on a parked thread,
 //!   which took the thread out of PARKED for the handler's duration; returns take the
 //!   slow path until it is popped and the thread parked again.
+//! * `PARKB`: set whenever `park` is not RUNNING (set before the owner parks, cleared
+//!   after it unparks), so that the common entry and return read one word. Between the
+//!   two stores of `park()` and `unpark()` it is set with `park` RUNNING: a handler
+//!   landing there takes the slow path, keeps the bit and does not switch.
 //!
 //! # Who moves what
 //!
@@ -82,7 +86,8 @@ pub const STACK_DEPTH: usize = 4;
 
 const BUSY: u32 = 1;
 const IRQ: u32 = 2;
-const SHIFT: u32 = 2;
+const PARKB: u32 = 4;
+const SHIFT: u32 = 3;
 
 const RUNNING: u32 = 0;
 const PARKED: u32 = 1;
@@ -128,12 +133,14 @@ pub enum Point {
     Prepared,
     /// In a return, after the pop and before the final store.
     Popped,
-    /// In `park`, after the counter, before the park word.
+    /// In `park`, after the counter and `PARKB`, before the park word.
     Parking,
     /// In `park`, after the park word.
     Parked,
     /// In `unpark`, before the park word.
     Unparking,
+    /// In `unpark`, after the park word, before `PARKB` is cleared.
+    Unparked,
     /// In a switch point, after marking busy.
     SwitchPoint,
 }
@@ -210,7 +217,7 @@ impl Reserved {
     /// Flags kept at publication.
     #[inline(always)]
     fn keep(&self) -> u32 {
-        self.word & (BUSY | IRQ)
+        self.word & (BUSY | IRQ | PARKB)
     }
 
     /// Whether the thread is at a switch point: the outermost call, not interrupting the
@@ -271,7 +278,7 @@ impl ThreadState {
     #[inline(always)]
     pub fn try_enter_fast<H: Hooks>(&self, frame: usize, hooks: &H) -> Option<(Reserved, bool)> {
         let w = self.word.load(Ordering::Relaxed);
-        if w & (BUSY | IRQ) != 0 || self.park.load(Ordering::Relaxed) != RUNNING {
+        if w & (BUSY | IRQ | PARKB) != 0 {
             return None;
         }
         let d = depth_of(w);
@@ -314,7 +321,7 @@ impl ThreadState {
     /// the entry and waits out any claim.
     pub fn enter_slow<H: Hooks>(&self, frame: usize, hooks: &H) -> Reserved {
         let b = self.begin();
-        let below = b.word & BUSY;
+        let below = b.word & (BUSY | PARKB);
         let mut irq_bit = b.word & IRQ;
         let mut d = depth_of(b.word);
         if below == 0 {
@@ -326,7 +333,7 @@ impl ThreadState {
         }
         hooks.point(Point::Prepared);
         self.word
-            .store(word_of(d + 1, BUSY | irq_bit), Ordering::Relaxed);
+            .store(word_of(d + 1, BUSY | below | irq_bit), Ordering::Relaxed);
         hooks.point(Point::Reserved);
         light_barrier();
         self.wait_unclaimed();
@@ -404,7 +411,17 @@ impl ThreadState {
             | u64::from(irq_bit >> 1);
         self.park_depth.store(0, Ordering::Relaxed);
         self.unpark_word();
+        self.set_parkb(false);
         saved
+    }
+
+    /// `PARKB` on or off (the owner; see the module documentation for its order with the
+    /// park word).
+    #[inline]
+    fn set_parkb(&self, on: bool) {
+        let w = self.word.load(Ordering::Relaxed);
+        self.word
+            .store(if on { w | PARKB } else { w & !PARKB }, Ordering::Relaxed);
     }
 
     /// Undo [`ThreadState::irq_enter`] once its entry is off the stack (the word already
@@ -412,6 +429,7 @@ impl ThreadState {
     fn irq_exit(&self, saved: u64) {
         self.park_depth
             .store(((saved & !IRQ_SAVED) >> 1) as u32, Ordering::Relaxed);
+        self.set_parkb(true);
         // Release: the stack as it now is goes to a checker with the park.
         self.park.store(PARKED, Ordering::Release);
     }
@@ -425,8 +443,7 @@ impl ThreadState {
     pub fn try_leave_fast(&self, frame: usize) -> Option<usize> {
         let w = self.word.load(Ordering::Relaxed);
         let d = depth_of(w);
-        if w & (BUSY | IRQ) != 0
-            || self.park.load(Ordering::Relaxed) != RUNNING
+        if w & (BUSY | IRQ | PARKB) != 0
             || d == 0
             || d > STACK_DEPTH
             || self.entries[d - 1].frame.load(Ordering::Relaxed) != frame
@@ -446,7 +463,7 @@ impl ThreadState {
     /// left and whether the thread is at a switch point.
     pub fn leave_slow<H: Hooks>(&self, frame: usize, hooks: &H) -> (usize, bool) {
         let b = self.begin();
-        let below = b.word & BUSY;
+        let below = b.word & (BUSY | PARKB);
         let mut irq_bit = b.word & IRQ;
         let mut d = depth_of(b.word);
         let mut own = 0u64;
@@ -539,10 +556,10 @@ impl ThreadState {
             None
         } else {
             let (d, irq_bit) = self.drop_left(depth_of(b.word), b.word & IRQ, frame, hooks);
-            self.word
-                .store(word_of(d, BUSY | irq_bit), Ordering::Relaxed);
+            let keep = irq_bit | (b.word & PARKB);
+            self.word.store(word_of(d, BUSY | keep), Ordering::Relaxed);
             let r = f(self);
-            self.word.store(word_of(d, irq_bit), Ordering::Release);
+            self.word.store(word_of(d, keep), Ordering::Release);
             Some(r)
         };
         if r.is_none() {
@@ -590,6 +607,7 @@ impl ThreadState {
         if pd > 0 || self.park.load(Ordering::Relaxed) != RUNNING {
             return false;
         }
+        self.set_parkb(true);
         hooks.point(Point::Parking);
         // Release: the stack as it is goes to a checker's Acquire claim.
         self.park.store(PARKED, Ordering::Release);
@@ -610,6 +628,8 @@ impl ThreadState {
         }
         hooks.point(Point::Unparking);
         self.unpark_word();
+        hooks.point(Point::Unparked);
+        self.set_parkb(false);
         true
     }
 
@@ -630,6 +650,13 @@ impl ThreadState {
                 }
             }
         }
+    }
+
+    /// The owner's view of the `PARKB` invariant: parked (or held) implies `PARKB`. For
+    /// models and tests; always true between the owner's steps.
+    pub fn parkb_holds(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == RUNNING
+            || self.word.load(Ordering::Relaxed) & PARKB != 0
     }
 
     /// Whether the thread is parked (or held by a checker).

@@ -210,6 +210,9 @@ impl Hooks for Quiet {
 
 impl Hooks for Handler<'_> {
     fn point(&self, _at: Point) {
+        // Between any two steps of the owner: parked implies PARKB (the common entry and
+        // return read only the word).
+        assert!(self.model.thread.parkb_holds(), "parked without PARKB");
         let n = self.seen.get();
         self.seen.set(n + 1);
         if n != self.at {
@@ -263,6 +266,7 @@ fn with_handler_everywhere(
                 "a call ran a mix of old and new"
             );
             assert_eq!(m.thread.depth(), 0, "activations left over");
+            assert!(m.thread.parkb_holds(), "parked without PARKB");
             assert!(!m.thread.is_parked() || owner_parks_at_end(), "left parked");
             assert!(m.switched.load(Ordering::Relaxed) <= 1);
         });
@@ -347,4 +351,31 @@ fn a_switch_point_while_parked_against_the_parked_claim() {
         m.leave(890, h);
         m.leave(1000, h);
     });
+}
+
+/// Parking and unparking inside a call, with a handler that reaches a switch point, or
+/// makes a call, at every step (between `PARKB` and the park word included).
+fn park_inside_a_call(what: HandlerOp) {
+    with_handler_everywhere(what, |m, h| {
+        let a = m.enter(OUTER, 1000, h);
+        m.thread.park(h);
+        h.point(Point::Parked);
+        m.thread.unpark(h);
+        let b = m.enter(INNER, 890, h);
+        if a != b {
+            m.mixed.store(true, Ordering::SeqCst);
+        }
+        m.leave(890, h);
+        m.leave(1000, h);
+    });
+}
+
+#[test]
+fn a_handler_switch_point_while_parking_and_unparking() {
+    park_inside_a_call(HandlerOp::Switch);
+}
+
+#[test]
+fn a_handler_call_while_parking_and_unparking() {
+    park_inside_a_call(HandlerOp::Call);
 }

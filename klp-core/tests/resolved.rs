@@ -170,10 +170,14 @@ fn withdrawn_during_transitions<F: Flavor + 'static>(f: F) {
     assert_eq!(qrx.recv().unwrap(), 3, "a new thread starts at the target");
     t.join().unwrap();
 
-    // Reverse: still withdrawn.
+    // Reverse: the threads that switched switch back (the blocked one never switched,
+    // so the reversal may complete at once). Never the new function meanwhile.
     klp.set_enabled("rt", false).unwrap();
-    assert!(klp.in_transition());
-    assert_eq!(site("r_add").resolved(), None, "withdrawn while reverting");
+    let r = site("r_add").resolved();
+    assert!(
+        r.is_none() || r == original("r_add"),
+        "withdrawn while reverting, or reverted"
+    );
     drop(tx);
     assert_eq!(
         h.join().unwrap(),
