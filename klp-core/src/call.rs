@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The common cases run inline without a call (`try_enter_fast`, `try_leave_fast`);
-//! everything else continues out of line.
+//! everything else continues out of line. `enter*`, `leave*` and `LeaveGuard` are the
+//! support of `patchable!` and of the C layer, public for them and hidden from the docs;
+//! programs use `park`, `unpark` and `update_patch_state`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -57,6 +59,7 @@ fn switch_on_entry(task: &Task, r: &Reserved) {
 /// Entry of a patchable function: returns the implementation to call. `frame` is the
 /// address of the wrapper's frame (of a local in it). Must be paired with [`leave`].
 #[inline(always)]
+#[doc(hidden)]
 pub fn enter(site: &'static Site, frame: usize) -> *const () {
     enter_task(site, frame).0
 }
@@ -64,6 +67,7 @@ pub fn enter(site: &'static Site, frame: usize) -> *const () {
 /// [`enter`], also returning the calling thread's task, to be given back to
 /// [`leave_task`] (which then needs no thread-local lookup).
 #[inline(always)]
+#[doc(hidden)]
 pub fn enter_task(site: &'static Site, frame: usize) -> (*const (), &'static Task) {
     let Some(task) = task::existing() else {
         return enter_unregistered(site, frame);
@@ -132,6 +136,7 @@ fn enter_task_reserved(
 
 /// Return from a patchable function entered with [`enter`] at `frame`.
 #[inline(always)]
+#[doc(hidden)]
 pub fn leave(frame: usize) {
     if let Some(task) = task::existing() {
         leave_task(task, frame);
@@ -140,6 +145,7 @@ pub fn leave(frame: usize) {
 
 /// [`leave`] for the `task` that [`enter_task`] returned on this thread.
 #[inline(always)]
+#[doc(hidden)]
 pub fn leave_task(task: &Task, frame: usize) {
     match task.thread.try_leave_fast(frame) {
         Some(0) if task.pending.load(Ordering::Relaxed) != 0 => switch_after_return(task, frame),
@@ -172,12 +178,14 @@ fn switch_after_return(task: &Task, frame: usize) {
 /// [`enter`], returning the implementation and a guard that does [`leave`] when dropped
 /// (so that a panic unwinding out of the patched function still pops its activation).
 #[inline(always)]
+#[doc(hidden)]
 pub fn enter_guarded(site: &'static Site, frame: usize) -> (*const (), LeaveGuard) {
     let (imp, task) = enter_task(site, frame);
     (imp, LeaveGuard { task, frame })
 }
 
 /// Leaves the patchable function when dropped; see [`enter_guarded`].
+#[doc(hidden)]
 pub struct LeaveGuard {
     task: &'static Task,
     frame: usize,
@@ -203,6 +211,7 @@ impl Drop for LeaveGuard {
 ///
 /// 1. `task_out` is NULL or valid for a write.
 #[inline(always)]
+#[doc(hidden)]
 pub unsafe fn enter_split(
     site: &'static Site,
     frame: usize,
@@ -330,6 +339,7 @@ extern "C" fn enter_slow(
 ///
 /// 1. `task` is NULL or the calling thread's task (from [`enter_split`] on this thread).
 #[inline(always)]
+#[doc(hidden)]
 pub unsafe fn leave_split(task: *const Task, frame: usize) {
     // SAFETY: clause 1: the calling thread's task lives while the thread runs.
     let Some(t) = (unsafe { task.as_ref() }).or_else(task::existing) else {

@@ -97,6 +97,17 @@
 //! without `KLP_OBJECT`), so closing one under a patch does not unmap what the engine
 //! uses.
 //!
+//! While no transition touches a site, every thread would make the same choice, so the
+//! site holds it (its *resolved target*) and a call runs it with no handler, read
+//! section or func-record check: a patched call costs what an unpatched one does. The
+//! target is withdrawn before the owner changes the func_stack or starts a transition
+//! (before any thread is flagged) and settled when the control lock is dropped with no
+//! transition in progress. No grace period separates the two: a call reserves its
+//! activation before it loads the target, so a thread that loaded the old one is not
+//! switched before its entry is published and checked (`crate::site`; the loom model
+//! includes it). The flavors differ only during transitions, where the kernel's handler
+//! runs in full.
+//!
 //! # Several stacks: alternate signal stacks and coroutines
 //!
 //! Entries left without returning (`longjmp`, an exception, cancellation) are dropped
