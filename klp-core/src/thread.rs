@@ -115,6 +115,13 @@ struct Begin {
     saved: u64,
 }
 
+/// The depth of a word without flags; any flag makes the result larger than every depth
+/// (the flags rotate into the top bits), so that one comparison tests both.
+#[inline(always)]
+fn plain_depth(w: u32) -> usize {
+    w.rotate_right(SHIFT) as usize
+}
+
 #[inline(always)]
 fn word_of(depth: usize, flags: u32) -> u32 {
     ((depth as u32) << SHIFT) | flags
@@ -277,11 +284,8 @@ impl ThreadState {
     /// (call [`ThreadState::wait_unclaimed`] before choosing).
     #[inline(always)]
     pub fn try_enter_fast<H: Hooks>(&self, frame: usize, hooks: &H) -> Option<(Reserved, bool)> {
-        let w = self.word.load(Ordering::Relaxed);
-        if w & (BUSY | IRQ | PARKB) != 0 {
-            return None;
-        }
-        let d = depth_of(w);
+        // No flag, and room for one more entry.
+        let d = plain_depth(self.word.load(Ordering::Relaxed));
         if d >= STACK_DEPTH || (d > 0 && self.entries[d - 1].frame.load(Ordering::Relaxed) <= frame)
         {
             return None;
@@ -436,18 +440,16 @@ impl ThreadState {
 
     // ----- owner: returning -----------------------------------------------------------
 
-    /// The common return, inline: its own entry on top, recorded, no `IRQ` or `BUSY`, and
-    /// the entry below not left behind. Pops it; returns the depth left, or `None`
-    /// (nothing done) for [`ThreadState::leave_slow`].
+    /// The common return, inline: its own entry on top, recorded, no flag. Pops it;
+    /// returns the depth left, or `None` (nothing done) for [`ThreadState::leave_slow`].
     #[inline(always)]
     pub fn try_leave_fast(&self, frame: usize) -> Option<usize> {
-        let w = self.word.load(Ordering::Relaxed);
-        let d = depth_of(w);
-        if w & (BUSY | IRQ | PARKB) != 0
-            || d == 0
-            || d > STACK_DEPTH
+        // No flag, 1 ..= STACK_DEPTH entries, ours on top. An entry below that was left
+        // behind (a longjmp out of it) stays until the next entry or slow return drops
+        // it: meanwhile the thread only looks busier than it is.
+        let d = plain_depth(self.word.load(Ordering::Relaxed));
+        if d.wrapping_sub(1) >= STACK_DEPTH
             || self.entries[d - 1].frame.load(Ordering::Relaxed) != frame
-            || (d > 1 && self.entries[d - 2].frame.load(Ordering::Relaxed) <= frame)
         {
             return None;
         }
