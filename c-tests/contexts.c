@@ -354,6 +354,8 @@ static void probe_basic(const char *ctx)
 	     strcmp(klp_strerror(-EDEADLK), deadlk_text) == 0);
 	SAYS(ctx, "klp_get_state(&ctx_patch, STATE_ID): &ctx_states[0]",
 	     klp_get_state(&ctx_patch, STATE_ID) == &ctx_states[0]);
+	SAYS(ctx, "klp_current(): the calling thread of this process",
+	     klp_current() != NULL && klp_current()->tgid == (int)getpid());
 }
 
 static void probe_queries(const char *ctx, const struct want *w)
@@ -475,6 +477,8 @@ static void probe_control_deadlk(const char *ctx, int wait)
 	EQ(ctx, klp_object_load("probe_mod"), -EDEADLK);
 	EQ(ctx, klp_object_coming("probe_mod"), -EDEADLK);
 	EQ(ctx, klp_object_unload("held_mod"), -EDEADLK);
+	EQ(ctx, klp_module_load("/no/such/module.so", ""), -EDEADLK);
+	EQ(ctx, klp_module_unload("held_mod"), -EDEADLK);
 	klp_object_going("held_mod");
 	rec(ctx, "klp_object_going(\"held_mod\") (refused), then klp_object_state(&held_obj)",
 	    klp_object_state(&held_obj), KLP_MODULE_STATE_LIVE);

@@ -42,6 +42,11 @@
  *   klp_object_state, klp_object_refused
  * klp_set_log_handler,               ok      ok      ok        ok        ok      no
  *   klp_set_thread_kick, klp_set_retry_period, klp_set_sync
+ * klp_module_load, _unload,          ok      (4)     EDEADLK   EDEADLK   ok      no
+ *   klp_module_register (a module's constructor, in dlopen)
+ * klp_module_param_set, _refcnt,     ok      ok      ok        ok        ok      no
+ *   klp_log_write, klp_format_pointer
+ * klp_sleep_us, klp_current          ok      ok      ok        ok        ok      ok
  *
  * (1) With the thread's current patch state, as the kernel runs an interrupt with the
  *     task's state. A handler never switches its thread while the code it interrupted is
@@ -80,6 +85,19 @@
  * goes on in both processes. Deferred frees that the parent's rcu worker was running
  * at the fork do not run in the child (that memory is leaked there, and a patch released
  * at that moment keeps its shared objects mapped in the child).
+ *
+ * Kernel livepatch modules
+ * ------------------------
+ *
+ * The compatibility headers (<linux/livepatch.h>, <linux/module.h>, ... in
+ * <includedir>/klp/compat: compile with -I <includedir>/klp/compat) build a kernel
+ * livepatch module's source, unchanged, as a shared object. klp_module_load() is insmod:
+ * it opens the object, sets the module's parameters, applies the enabled patches to the
+ * module (an object of its own) and runs its init; a failed init refuses the load (the
+ * errno is returned, the object closed). klp_module_unload() is rmmod: refused while the
+ * module's patch is in use. A plain dlopen of a module loads it with no parameters
+ * (klp_module_register); struct klp_module is the kernel's struct module, named by
+ * patch->mod and obj->mod.
  */
 
 /* The alignment of struct klp_site (GCC, Clang). */
@@ -130,6 +148,81 @@ struct klp_object;
 #define KLP_SYNC_RCU 1
 
 /*
+ `MODULE_NAME_LEN` on 64-bit: a module's name is shorter.
+ */
+#define KLP_MODULE_NAME_LEN 56
+
+/*
+ The version of `struct klp_module` that `<linux/module.h>` fills in.
+ */
+#define KLP_MODULE_ABI 1
+
+/*
+ `HZ`: `jiffies` advances this many times a second.
+ */
+#define KLP_HZ 100
+
+/*
+ `module_param(name, byte, perm)`: an `unsigned char`.
+ */
+#define KLP_PARAM_BYTE 1
+
+/*
+ `short`.
+ */
+#define KLP_PARAM_SHORT 2
+
+/*
+ `unsigned short`.
+ */
+#define KLP_PARAM_USHORT 3
+
+/*
+ `int`.
+ */
+#define KLP_PARAM_INT 4
+
+/*
+ `unsigned int`.
+ */
+#define KLP_PARAM_UINT 5
+
+/*
+ `long`.
+ */
+#define KLP_PARAM_LONG 6
+
+/*
+ `unsigned long`.
+ */
+#define KLP_PARAM_ULONG 7
+
+/*
+ `unsigned long long`.
+ */
+#define KLP_PARAM_ULLONG 8
+
+/*
+ `unsigned int`, shown in hexadecimal.
+ */
+#define KLP_PARAM_HEXINT 9
+
+/*
+ `bool`.
+ */
+#define KLP_PARAM_BOOL 10
+
+/*
+ `bool`, inverted (`x=y` stores false).
+ */
+#define KLP_PARAM_INVBOOL 11
+
+/*
+ `char *`: a copy of the value, valid while the module is loaded.
+ */
+#define KLP_PARAM_CHARP 12
+
+/*
  `obj->mod->state` of a loaded named object: running.
  */
 #define KLP_MODULE_STATE_LIVE 0
@@ -143,6 +236,12 @@ struct klp_object;
  Being unloaded.
  */
 #define KLP_MODULE_STATE_GOING 2
+
+/*
+ Not loaded (yet, or any more): a module's state before its load and after its
+ unload.
+ */
+#define KLP_MODULE_STATE_UNFORMED 3
 
 /*
  The size in bytes of the storage of a site (`struct klp_site`).
@@ -179,6 +278,135 @@ typedef int (*klp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
  A shadow destructor: called on a variable being freed, before its memory goes back.
  */
 typedef void (*klp_shadow_dtor_t)(void *obj, void *shadow_data);
+
+/*
+ A module's init (`module_init`): 0, or a negative errno that refuses the load.
+ */
+typedef int (*klp_module_init_t)(void);
+
+/*
+ A module's exit (`module_exit`).
+ */
+typedef void (*klp_module_exit_t)(void);
+
+/*
+ One `MODULE_INFO(tag, value)` of a module (`MODULE_LICENSE`, `MODULE_AUTHOR`,
+ `MODULE_DESCRIPTION`, `MODULE_PARM_DESC`, `MODULE_INFO(livepatch, "Y")`), in a list.
+ */
+typedef struct klp_modinfo {
+  /*
+   The tag (`"license"`, `"livepatch"`, ...).
+   */
+  const char *tag;
+  /*
+   Its value.
+   */
+  const char *value;
+  /*
+   The next one, or NULL.
+   */
+  const struct klp_modinfo *next;
+} klp_modinfo;
+
+/*
+ One `module_param` (or `module_param_array`) of a module, in a list.
+ */
+typedef struct klp_module_param {
+  /*
+   The parameter's name.
+   */
+  const char *name;
+  /*
+   Its type, one of `KLP_PARAM_*`.
+   */
+  int kind;
+  /*
+   The variable (the array's first element).
+   */
+  void *arg;
+  /*
+   The size of the variable (of one element of an array).
+   */
+  size_t size;
+  /*
+   0 for a variable; the number of elements of an array.
+   */
+  unsigned int max;
+  /*
+   An array's count of values given, or NULL.
+   */
+  unsigned int *num;
+  /*
+   The permissions of `/sys/module/<m>/parameters/<name>`: writable (by
+   [`klp_module_param_set`]) when one of the write bits (0222) is set.
+   */
+  unsigned int perm;
+  /*
+   The next one, or NULL.
+   */
+  const struct klp_module_param *next;
+} klp_module_param;
+
+/*
+ A module: the kernel's `struct module`, which `<linux/module.h>` of the compatibility
+ headers names so (`struct module`, `THIS_MODULE`) and defines once per shared object.
+ `obj->mod` of a patch's named object points to one while the object is loaded: the
+ module's own for a module, one of libklp's for another object.
+ */
+typedef struct klp_module {
+  /*
+   `KLP_MODULE_ABI`.
+   */
+  unsigned int abi;
+  /*
+   `MODULE_STATE_*` (`KLP_MODULE_STATE_*`): written by libklp.
+   */
+  int state;
+  /*
+   The module's name, NUL-terminated; empty until the load when the module was
+   built without `KBUILD_MODNAME` (libklp writes the name derived from its file).
+   */
+  char name[KLP_MODULE_NAME_LEN];
+  /*
+   `module_init`, or NULL.
+   */
+  klp_module_init_t init;
+  /*
+   `module_exit`, or NULL.
+   */
+  klp_module_exit_t exit;
+  /*
+   The `MODULE_INFO` strings.
+   */
+  const struct klp_modinfo *info;
+  /*
+   The parameters.
+   */
+  const struct klp_module_param *params;
+  /*
+   Internal, reserved: zero.
+   */
+  void *klp_reserved[4];
+} klp_module;
+
+/*
+ The calling thread as the kernel's `current` sees a task (`<linux/sched.h>` of the
+ compatibility headers names it `struct task_struct`).
+ */
+typedef struct klp_task {
+  /*
+   The thread's id (`gettid`).
+   */
+  int pid;
+  /*
+   The process's id (`getpid`).
+   */
+  int tgid;
+  /*
+   The thread's name.
+   */
+  char comm[16];
+} klp_task;
 
 /*
  One replaced function. Arrays of them end with an all-zero entry.
@@ -260,9 +488,17 @@ typedef struct klp_object {
    */
   struct klp_callbacks callbacks;
   /*
+   Internal (the kernel's): the object's module while it is loaded (written by
+   libklp, with its `state`, before each callback of the object and when the object
+   is loaded or unloaded), NULL for the main program and for an object that is not
+   loaded. A module built with the compatibility headers is its own `struct module`;
+   another object gets one of libklp's.
+   */
+  struct klp_module *mod;
+  /*
    Internal, reserved: zero.
    */
-  void *klp_reserved[4];
+  void *klp_reserved[3];
 } klp_object;
 
 /*
@@ -289,7 +525,7 @@ typedef struct klp_state {
  */
 typedef struct klp_patch {
   /*
-   The patch's name (the kernel's module name): unique among the patches in use.
+   The patch's name: unique among the patches in use. NULL when `mod` names it.
    */
   const char *name;
   /*
@@ -305,9 +541,18 @@ typedef struct klp_patch {
    */
   bool replace;
   /*
+   The livepatch module (`.mod = THIS_MODULE` with the compatibility headers), or
+   NULL. When set, the patch's name is the module's (`name` is then NULL, or the
+   same), the module must say `MODULE_INFO(livepatch, "Y")` (else `-EINVAL` and the
+   kernel's line `module %s is not marked as a livepatch module`), and the patch
+   holds a reference on the module from its enable until it is released: the
+   module cannot be unloaded meanwhile (`klp_module_unload` returns `-EBUSY`).
+   */
+  struct klp_module *mod;
+  /*
    Internal, reserved: zero.
    */
-  void *klp_reserved[4];
+  void *klp_reserved[3];
 } klp_patch;
 
 /*
@@ -331,6 +576,71 @@ typedef struct KLP_ALIGNED(16) klp_site {
  `GFP_ATOMIC` (ignored).
  */
 #define GFP_ATOMIC 2
+
+/*
+ `GFP_NOWAIT` (ignored).
+ */
+#define GFP_NOWAIT 4
+
+/*
+ `GFP_NOIO` (ignored).
+ */
+#define GFP_NOIO 8
+
+/*
+ `GFP_NOFS` (ignored).
+ */
+#define GFP_NOFS 16
+
+/*
+ `GFP_USER` (ignored).
+ */
+#define GFP_USER 32
+
+/*
+ `GFP_HIGHUSER` (ignored).
+ */
+#define GFP_HIGHUSER 64
+
+/*
+ `GFP_DMA` (ignored).
+ */
+#define GFP_DMA 128
+
+/*
+ `GFP_DMA32` (ignored).
+ */
+#define GFP_DMA32 256
+
+/*
+ The kernel's `__GFP_ZERO`: `kmalloc` of the compatibility headers zeroes the memory.
+ */
+#define KLP_GFP_ZERO 4096
+
+/*
+ The kernel's `__GFP_NOWARN` (ignored).
+ */
+#define KLP_GFP_NOWARN 8192
+
+/*
+ The kernel's `__GFP_NOFAIL` (ignored).
+ */
+#define KLP_GFP_NOFAIL 16384
+
+/*
+ The kernel's `__GFP_NORETRY` (ignored).
+ */
+#define KLP_GFP_NORETRY 32768
+
+/*
+ The kernel's `__GFP_ACCOUNT` (ignored).
+ */
+#define KLP_GFP_ACCOUNT 65536
+
+/*
+ The kernel's `__GFP_RETRY_MAYFAIL` (ignored).
+ */
+#define KLP_GFP_RETRY_MAYFAIL 131072
 
 #ifdef __cplusplus
 extern "C" {
@@ -598,6 +908,161 @@ void klp_shadow_free(void *obj, unsigned long id, klp_shadow_dtor_t dtor);
 void klp_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
 
 /*
+ Register the module `m` of a shared object: called by the constructor that
+ `<linux/module.h>` defines (after the module's `module_init`, `module_param` and
+ `MODULE_INFO` constructors). Inside [`klp_module_load`], the loader takes it from
+ there. Otherwise (the program opened the module with `dlopen`, or linked it in) the
+ module is loaded now, with no parameters: a constructor cannot make `dlopen` fail, so
+ when the load is refused the shared object stays open but the module is not loaded,
+ and [`crate::klp_object_refused`] gives the errno under the module's name (the
+ program should close it). Registering a module again does nothing. Returns 0 or the
+ refusal's negative errno.
+
+ # Safety
+
+ 1. `m` is NULL or points to the `struct klp_module` of a shared object (or of the
+    program) that is being loaded, valid until [`klp_module_unregister`].
+ */
+int klp_module_register(struct klp_module *m);
+
+/*
+ Unregister the module `m`: called by the destructor that `<linux/module.h>` defines,
+ when its shared object is closed (or the program exits). A module still loaded there
+ (the program opened it with `dlopen` and now closes it) is unloaded first: its exit
+ runs and the object goes. Nothing happens at the process's exit (the kernel does not
+ unload its modules when it stops either), nor for a module that is not registered.
+
+ # Safety
+
+ 1. `m` is NULL or a module given to [`klp_module_register`].
+ */
+void klp_module_unregister(struct klp_module *m);
+
+/*
+ `insmod path params`: open the kernel livepatch module (or target module) `path`,
+ built with the compatibility headers, and load it: `params` (NULL or `""` for none)
+ are its parameters as insmod takes them (`"name=value name2=v1,v2 flag"`); its init
+ runs. Returns 0, or a negative errno with a line of the log, and then nothing stays
+ of the module (the shared object is closed):
+
+ * `-EINVAL`: `path` is NULL; the module's name is invalid; a parameter's value is
+   invalid (`'%s' invalid for parameter '%s'`).
+ * `-ENOENT`: no such file; a symbol that neither libklp nor the program exports (the
+   kernel's "Unknown symbol in module"); an unknown parameter (``Unknown parameter
+   `%s'``).
+ * `-ENOEXEC`: the file cannot be opened as a shared object otherwise (the dynamic
+   loader's message), or it is not a module (no `<linux/module.h>`).
+ * `-EEXIST`: a module or object of that name is loaded.
+ * `-EDEADLK`: called from a callback or log line of a control operation, a shadow
+   constructor or destructor.
+ * the errno of a patch that refused the module (its object), or of the module's
+   init (a livepatch module's `klp_enable_patch`, say: `-EINVAL` for a module without
+   `MODULE_INFO(livepatch, "Y")`).
+
+ Lines of the loader itself start with `klp_module_load: `; the kernel's lines (of
+ the patches, the module's own) are as in the kernel.
+
+ # Safety
+
+ 1. `path` and `params` are NULL or NUL-terminated strings valid for the call.
+ 2. The shared object is a module whose code may run in this process.
+ */
+int klp_module_load(const char *path, const char *params);
+
+/*
+ `rmmod name`: unload the module `name` loaded by [`klp_module_load`] (or by the
+ program's `dlopen`): its exit runs, the object goes (the patches applied to it are
+ reverted), and the shared object the loader opened is closed (this waits, at most a
+ few seconds, until it is unmapped). Returns 0, or a negative errno with a line, and
+ then nothing changed:
+
+ * `-EINVAL`: `name` is NULL.
+ * `-ENOENT`: no such module.
+ * `-EBUSY`: the module is in use: its patch is enabled, in transition, or not yet
+   released (forever when it was forced), as rmmod refuses a livepatch module whose
+   patch the kernel holds; it has an init but no exit (the kernel cannot unload it);
+   it is being loaded or unloaded.
+ * `-EDEADLK`: as [`klp_module_load`].
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string valid for the call.
+ */
+int klp_module_unload(const char *name);
+
+/*
+ `/sys/module/<name>/refcnt`: the references on the loaded module `name` (one per
+ patch of it in use: from its enable until it is released), `-ENOENT` when no such
+ module is loaded, `-EINVAL` for a NULL `name`. [`klp_module_unload`] refuses the
+ module while this is not 0.
+
+ # Safety
+
+ 1. `name` is NULL or a NUL-terminated string valid for the call.
+ */
+int klp_module_refcnt(const char *name);
+
+/*
+ Write the parameter `param` of the loaded module `module` (`echo value >
+ /sys/module/<module>/parameters/<param>`). Returns 0, `-EINVAL` (a NULL argument, a
+ bad value), `-ENOENT` (no such module or parameter) or `-EACCES` (its permissions
+ have no write bit), each with a line.
+
+ # Safety
+
+ 1. `module`, `param` and `value` are NULL or NUL-terminated strings valid for the
+    call.
+ */
+int klp_module_param_set(const char *module, const char *param, const char *value);
+
+/*
+ Log `text` at `level` (`KLP_LOG_*`; 0 to 2, the kernel's emerg, alert and crit,
+ count as `KLP_LOG_ERR`) through the log handler, in one order with libklp's own
+ lines: the end of printk of the compatibility headers. Each line of `text` (a
+ trailing newline ends the last one) is one line of the log. Returns 0, or `-EINVAL`
+ for a NULL `text` or another level (nothing is logged).
+
+ # Safety
+
+ 1. `text` is NULL or a NUL-terminated string valid for the call.
+ */
+int klp_log_write(int level, const char *text);
+
+/*
+ The kernel's `%p` conversion with the extension `ext` (the letters and digits that
+ follow `%p`: `""`, `"x"`, `"K"`, `"s"`, `"S"`, `"Gg"`, `"e"`, ...) of `ptr`, written
+ to `buf` (`len` bytes, NUL-terminated when `len` is not 0, truncated if need be): the
+ printk of the compatibility headers calls it. Returns the length of the whole text,
+ as snprintf does, or `-EINVAL` for a NULL `buf` with a non-zero `len`.
+
+ `%p`, `%pK`: hashed (NULL and error pointers as they are); `%px`: the address; `%ps`,
+ `%pf`: the symbol; `%pS`, `%pF`, `%pB`: the symbol, its offset and size; `%pGg`: the
+ `GFP_*` flags at `ptr`; `%pe`: the errno's name of an error pointer. Other forms are
+ printed as `%p`.
+
+ # Safety
+
+ 1. `buf` is NULL or valid for writes of `len` bytes; `ext` is valid for reads of
+    `ext_len` bytes (or `ext_len` is 0).
+ 2. For `%pGg`, `ptr` is NULL or points to a `gfp_t`.
+ */
+int klp_format_pointer(char *buf, size_t len, const char *ext, size_t ext_len, const void *ptr);
+
+/*
+ Sleep `usecs` microseconds: `parked` (msleep, usleep_range: a sleeping task, which a
+ transition may switch from outside) or not (udelay, mdelay: a busy task). Patchable
+ functions that the caller left by longjmp or an exception no longer count when it
+ parks.
+ */
+void klp_sleep_us(unsigned long usecs, bool parked);
+
+/*
+ `current`: the calling thread's task, valid on this thread while it runs (its ids
+ and name are read again at each call).
+ */
+struct klp_task *klp_current(void);
+
+/*
  `klp_enable_patch()`: check `patch`, resolve its functions, run the pre-patch
  callbacks, patch, and start the patching transition (which completes in the
  background; see `klp_wait_transition`). Returns 0 or the kernel's errno, with the
@@ -617,9 +1082,11 @@ void klp_shadow_free_all(unsigned long id, klp_shadow_dtor_t dtor);
  1. `patch` is NULL or points to a `struct klp_patch` whose arrays are terminated as
     documented, with valid strings, replacement functions of the originals'
     signatures and callbacks that may be called from any thread and do not unwind;
-    all of it stays valid and unchanged (but for `klp_state.data`) until the patch
-    has been disabled or replaced and released, or the enable failed (like a kernel
-    livepatch module's static structs).
+    all of it stays valid and unchanged (but for `klp_state.data`, and
+    `klp_object.mod`, which libklp writes) until the patch has been disabled or
+    replaced and released, or the enable failed (like a kernel livepatch module's
+    static structs). `mod`, if not NULL, points to a `struct klp_module` that stays
+    valid as long.
  */
 int klp_enable_patch(struct klp_patch *patch);
 
@@ -656,7 +1123,9 @@ int klp_object_state(const struct klp_object *obj);
 
 /*
  Construct the site `site` for the function `name` of the object `object` (NULL:
- the main program, `vmlinux`), whose original implementation is `original`, and make
+ the main program, `vmlinux`; an empty name: the module that holds the site, named
+ after its file, for a module of the compatibility headers built without
+ `KBUILD_MODNAME`), whose original implementation is `original`, and make
  it known (the kernel's kallsyms), so that a patch can name it. Called by the
  constructor that `KLP_PATCHABLE` defines; registering a site again does nothing.
  Several sites of one name in one object (static functions) are told apart by

@@ -5,9 +5,10 @@
  *
  * They need GNU C (GCC or Clang): they use __attribute__((constructor)), weak hidden
  * symbols, __builtin_frame_address and conversions between function and object
- * pointers. Compile the programs that use them with -std=gnu11 (or -std=c11 without
- * -pedantic). This header itself compiles as strict ISO C and C++ (nothing here is
- * expanded unless used).
+ * pointers (their attributes are spelled __name__, so that a program's macros of the
+ * same names, as the kernel's noinline, leave them alone). Compile the programs that
+ * use them with -std=gnu11 (or -std=c11 without -pedantic). This header itself compiles
+ * as strict ISO C and C++ (nothing here is expanded unless used).
  *
  *   KLP_PATCHABLE(int, compute, (int x), (x)) { return x + 1; }
  *   KLP_PATCHABLE_VOID(tick, (void), ()) { ++ticks; }
@@ -48,12 +49,12 @@
 
 /* The call path, called without the PLT's extra jump (through the GOT, or directly
  * when libklp is linked statically). */
-void *klp_enter(struct klp_site *site, void *frame, void **task_out) __attribute__((noplt));
-void klp_leave(void *frame, void *task) __attribute__((noplt));
+void *klp_enter(struct klp_site *site, void *frame, void **task_out) __attribute__((__noplt__));
+void klp_leave(void *frame, void *task) __attribute__((__noplt__));
 
 /* The name of the object the code belongs to: a weak hidden symbol, NULL (the main
  * program) unless KLP_OBJECT defines it. */
-extern const char *const klp__object_name __attribute__((weak, visibility("hidden")));
+extern const char *const klp__object_name __attribute__((__weak__, __visibility__("hidden")));
 
 /* The object's name, NULL for the main program. */
 #define KLP__OBJECT_NAME (&klp__object_name != NULL ? klp__object_name : NULL)
@@ -64,33 +65,33 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
  * (klp_object_going: the patches are reverted) by a destructor of default priority,
  * before the unregistration of its sites (destructors of priority 101). */
 #define KLP_OBJECT(name)                                                                \
-	__attribute__((constructor)) static void klp__object_coming(void)               \
+	__attribute__((__constructor__)) static void klp__object_coming(void)           \
 	{                                                                               \
 		(void)klp_object_coming(klp__object_name);                              \
 	}                                                                               \
-	__attribute__((destructor)) static void klp__object_going(void)                 \
+	__attribute__((__destructor__)) static void klp__object_going(void)             \
 	{                                                                               \
 		klp_object_going(klp__object_name);                                     \
 	}                                                                               \
-	__attribute__((visibility("hidden"))) const char *const klp__object_name = (name)
+	__attribute__((__visibility__("hidden"))) const char *const klp__object_name = (name)
 
 #define KLP__DECLARE(storage, ret, name, params)                                        \
 	storage ret name params;                                                        \
-	static __attribute__((noinline)) ret name##__klp_orig params;                   \
+	static __attribute__((__noinline__)) ret name##__klp_orig params;               \
 	static struct klp_site name##__klp_site;                                        \
-	__attribute__((constructor(101))) static void name##__klp_reg(void)             \
+	__attribute__((__constructor__(101))) static void name##__klp_reg(void)         \
 	{                                                                               \
 		klp_site_register(&name##__klp_site, KLP__OBJECT_NAME, #name,           \
 				  (void *)name##__klp_orig);                            \
 	}                                                                               \
-	__attribute__((destructor(101))) static void name##__klp_unreg(void)            \
+	__attribute__((__destructor__(101))) static void name##__klp_unreg(void)        \
 	{                                                                               \
 		klp_site_unregister(&name##__klp_site);                                 \
 	}
 
 #define KLP__PATCHABLE(storage, ret, name, params, args)                                \
 	KLP__DECLARE(storage, ret, name, params)                                        \
-	storage __attribute__((noinline)) ret name params                               \
+	storage __attribute__((__noinline__)) ret name params                           \
 	{                                                                               \
 		void *klp__t;                                                           \
 		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0), \
@@ -103,7 +104,7 @@ extern const char *const klp__object_name __attribute__((weak, visibility("hidde
 
 #define KLP__PATCHABLE_VOID(storage, name, params, args)                                \
 	KLP__DECLARE(storage, void, name, params)                                       \
-	storage __attribute__((noinline)) void name params                              \
+	storage __attribute__((__noinline__)) void name params                          \
 	{                                                                               \
 		void *klp__t;                                                           \
 		void *klp__f = klp_enter(&name##__klp_site, __builtin_frame_address(0), \

@@ -8,8 +8,12 @@
  * klp-ffi/tests/c_selftests.rs keeps the lines that contain "livepatch:" or "test_klp"
  * (check_result) and compares them with expected/<case>.log.
  *
- * insmod is dlopen of <module dir>/<m>.so (its constructors: the module's init), rmmod
- * is dlclose; /sys/kernel/livepatch is the control surface of libklp. */
+ * The livepatch modules (and test_klp_shadow_vars) are the kernel's, in its form, built
+ * with libklp's compatibility headers: insmod is klp_module_load of <module dir>/<m>.so
+ * with the parameters, rmmod klp_module_unload, /sys/module/<m>/parameters
+ * klp_module_param_set. The target modules stand for kernel code and are built with
+ * klp_selftest.h: insmod is dlopen (their constructors: the module's init), rmmod
+ * dlclose. /sys/kernel/livepatch is the control surface of libklp. */
 #include "harness.h"
 
 #include <dlfcn.h>
@@ -17,11 +21,24 @@
 
 static const char *module_dir;
 
-/* The loaded modules: /sys/module. */
+/* The loaded modules: /sys/module. `handle` is NULL for those of klp_module_load. */
 static struct {
 	const char *name;
 	void *handle;
 } modules[16];
+
+/* The target modules (klp_selftest.h): the others are kernel modules for libklp. */
+static bool is_target(const char *mod)
+{
+	static const char *const targets[] = { "test_klp_callbacks_mod", "test_klp_callbacks_busy",
+					       "test_klp_mod_target" };
+	unsigned int i;
+
+	for (i = 0; i < sizeof(targets) / sizeof(targets[0]); i++)
+		if (strcmp(mod, targets[i]) == 0)
+			return true;
+	return false;
+}
 
 long long now_ms(void)
 {
@@ -57,10 +74,16 @@ void die(const char *fmt, ...)
 	exit(1);
 }
 
-/* libklp's log: printk with the line's level. */
+/* libklp's log: printk with the line's level. The module loader's own lines
+ * ("klp_module_load: ...", "klp_module_unload: ..."), which the kernel leaves to insmod
+ * and rmmod (whose lines the harness prints itself), go to standard error. */
 static void kmsg(int level, const char *line, void *data)
 {
 	(void)data;
+	if (strncmp(line, "klp_module_", 11) == 0) {
+		fprintf(stderr, "<%d>%s\n", level, line);
+		return;
+	}
 	klp_printk(level, "%s", line);
 }
 
@@ -105,38 +128,44 @@ void *module_sym(const char *mod, const char *sym)
 	int i = module_slot(mod);
 	void *p;
 
-	if (i < 0)
-		die("%s is not loaded", mod);
+	if (i < 0 || !modules[i].handle)
+		die("%s is not a loaded target module", mod);
 	p = dlsym(modules[i].handle, sym);
 	if (!p)
 		die("%s has no symbol %s", mod, sym);
 	return p;
 }
 
-/* insmod: open the module (its constructors run its init); 0, or the init's error after
- * the module was closed again (the kernel frees a module whose init failed). */
+/* insmod: load the module; 0, or its init's error (the module is closed again: the
+ * kernel frees a module whose init failed). */
 static int insmod(const char *mod, const char *params)
 {
 	char path[PATH_MAX];
 	int *init_ret, err;
 	unsigned int i;
-	void *h;
+	void *h = NULL;
 
 	log_line("%% insmod test_modules/%s.ko%s%s", mod, *params ? " " : "", params);
 	if (module_slot(mod) >= 0)
 		die("%s is loaded already", mod);
 	module_path(path, mod);
-	klp_insmod_args = params;
-	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	klp_insmod_args = "";
-	if (!h)
-		die("dlopen: %s", dlerror());
-	init_ret = dlsym(h, "klp_module_init_ret");
-	if (!init_ret)
-		die("%s has no module_init", mod);
-	err = *init_ret;
+	if (is_target(mod)) {
+		/* Its constructors run its init. */
+		klp_insmod_args = params;
+		h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+		klp_insmod_args = "";
+		if (!h)
+			die("dlopen: %s", dlerror());
+		init_ret = dlsym(h, "klp_module_init_ret");
+		if (!init_ret)
+			die("%s has no module_init", mod);
+		err = *init_ret;
+		if (err)
+			CHECK_INT(dlclose(h), 0);
+	} else {
+		err = klp_module_load(path, params);
+	}
 	if (err) {
-		CHECK_INT(dlclose(h), 0);
 		log_line("insmod: ERROR: could not insert module test_modules/%s.ko: %s", mod,
 			 insmod_strerror(err));
 		return err;
@@ -162,7 +191,10 @@ static void rmmod(const char *mod)
 	if (i < 0)
 		die("%s is not loaded", mod);
 	log_line("%% rmmod %s", mod);
-	CHECK_INT(dlclose(modules[i].handle), 0);
+	if (modules[i].handle)
+		CHECK_INT(dlclose(modules[i].handle), 0);
+	else
+		CHECK_INT(klp_module_unload(mod), 0);
 	modules[i].name = NULL;
 	modules[i].handle = NULL;
 	module_path(path, mod);
@@ -258,18 +290,20 @@ void unload_mod(const char *mod)
 	rmmod(mod);
 }
 
-/* The module's reference count drops to 0 when its patch is released: it no longer
- * appears under its name, and the program may unmap its structs. */
+/* The module's reference count drops to 0 when its patch is released. */
 void unload_lp(const char *mod)
 {
-	LOOP_UNTIL("/sys/module/<mod>/refcnt reads 0", !patch_exists(mod));
+	LOOP_UNTIL("/sys/module/<mod>/refcnt reads 0", klp_module_refcnt(mod) == 0);
 	rmmod(mod);
 }
 
 void set_pre_patch_ret(const char *mod, int value)
 {
+	char v[16];
+
 	log_line("%% echo %d > /sys/module/%s/parameters/pre_patch_ret", value, mod);
-	WRITE_ONCE(*(int *)module_sym(mod, "pre_patch_ret"), value);
+	snprintf(v, sizeof(v), "%d", value);
+	CHECK_INT(klp_module_param_set(mod, "pre_patch_ret", v), 0);
 }
 
 static void grep_text(const char *text)

@@ -12,10 +12,10 @@
 #define CMDLINE "BOOT_IMAGE=/boot/vmlinuz root=/dev/vda1 ro console=ttyS0\n"
 #define MEMINFO "MemTotal:        4026532 kB\nMemFree:         3145728 kB\n"
 
-/* The patchable functions of vmlinux (KLP_PATCHABLE, object NULL). */
+/* The patchable functions of vmlinux (KLP_PATCHABLE, object NULL); vmlinux.c also has
+ * the getpid system call, named as its wrapper (__x64_sys_getpid on x86-64). */
 int cmdline_proc_show(struct seq_file *m, void *v);
 int meminfo_proc_show(struct seq_file *m, void *v);
-long sys_getpid(void);
 
 /* "cat /proc/<file>": the text `show` writes, in a static buffer. */
 const char *proc_read(int (*show)(struct seq_file *m, void *v));

@@ -1,6 +1,7 @@
 /* What the kernel's livepatch selftests use of the kernel, in userspace: included by the
- * driver (selftests, the "kernel" and functions.sh) and by the test modules (shared
- * objects opened with dlopen). See README.md. Needs GNU C.
+ * driver (selftests, the "kernel" and functions.sh) and by the target modules (shared
+ * objects opened with dlopen; the livepatch modules are in the kernel's form and use
+ * libklp's compatibility headers instead). See README.md. Needs GNU C.
  *
  * The driver is linked with -rdynamic: what it defines below (console_loglevel,
  * schedule_work, ...) is what vmlinux exports to modules (EXPORT_SYMBOL). */

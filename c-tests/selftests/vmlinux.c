@@ -40,7 +40,19 @@ KLP_PATCHABLE(int, meminfo_proc_show, (struct seq_file *m, void *v), (m, v))
 	return 0;
 }
 
-KLP_PATCHABLE(long, sys_getpid, (void), ())
+/* The getpid system call, named as the architecture's syscall wrapper (as
+ * test_klp_syscall names it). */
+#if defined(__x86_64__)
+#define SYS_GETPID __x64_sys_getpid
+#elif defined(__s390x__)
+#define SYS_GETPID __s390x_sys_getpid
+#elif defined(__aarch64__)
+#define SYS_GETPID __arm64_sys_getpid
+#else
+#define SYS_GETPID sys_getpid
+#endif
+
+KLP_PATCHABLE(long, SYS_GETPID, (void), ())
 {
 	return (long)getpid();
 }

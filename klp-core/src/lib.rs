@@ -124,7 +124,10 @@ pub use crate::model::{
     Callback, Callbacks, Func, Object, ObjectCtx, Patch, PatchFn, PrePatch, State,
 };
 #[cfg(not(klp_loom))]
-pub use crate::object::{ModuleState, ObjectError, load_object, object_state, unload_object};
+pub use crate::object::{
+    ModuleState, ObjectError, begin_load_object, begin_unload_object, finish_load_object,
+    finish_unload_object, load_object, object_state, unload_object,
+};
 #[cfg(not(klp_loom))]
 pub use crate::site::{Code, Site, lookup};
 #[cfg(not(klp_loom))]

@@ -197,3 +197,76 @@ pub fn unload_object(name: &str, exit: impl FnOnce()) -> Result<(), ObjectError>
     set_object_state(name, None);
     Ok(())
 }
+
+/// The first half of a load, for a loader that runs the module's init itself, outside the
+/// loader lock (a kernel livepatch module's init enables its patch, which the loader lock
+/// would refuse): module coming in every engine, and the object stays in
+/// [`ModuleState::Coming`] (its init runs) until [`finish_load_object`], or
+/// [`finish_unload_object`] when the init fails. Meanwhile a second load of the name is
+/// refused (`AlreadyLoaded`) and an unload finds nothing (`NotLoaded`). On a refusal
+/// nothing stays applied and the object is not loaded.
+pub fn begin_load_object(name: &str) -> Result<(), ObjectError> {
+    let Some(_serial) = loader_lock() else {
+        return Err(ObjectError::Deadlock);
+    };
+    if name == "vmlinux" {
+        registry::log_everywhere(crate::log::Level::Err, "vmlinux.ko: invalid module name");
+        return Err(ObjectError::InvalidName);
+    }
+    if object_state(name).is_some() {
+        return Err(ObjectError::AlreadyLoaded(name.to_owned()));
+    }
+    set_object_state(name, Some(ModuleState::Coming));
+    if let Err(errno) = registry::module_coming_all(name) {
+        set_object_state(name, None);
+        return Err(ObjectError::Refused {
+            name: name.to_owned(),
+            errno,
+        });
+    }
+    Ok(())
+}
+
+/// The module's init succeeded: [`ModuleState::Coming`] becomes [`ModuleState::Live`].
+/// `NotLoaded` when the object is not coming.
+pub fn finish_load_object(name: &str) -> Result<(), ObjectError> {
+    let Some(_serial) = loader_lock() else {
+        return Err(ObjectError::Deadlock);
+    };
+    if object_state(name) != Some(ModuleState::Coming) {
+        return Err(ObjectError::NotLoaded(name.to_owned()));
+    }
+    set_object_state(name, Some(ModuleState::Live));
+    Ok(())
+}
+
+/// The first half of an unload, for a loader that runs the module's exit itself, outside
+/// the loader lock: a live object becomes [`ModuleState::Going`] (the kernel marks a
+/// module going before its exit runs). `NotLoaded` when it is not live.
+pub fn begin_unload_object(name: &str) -> Result<(), ObjectError> {
+    let Some(_serial) = loader_lock() else {
+        return Err(ObjectError::Deadlock);
+    };
+    if object_state(name) != Some(ModuleState::Live) {
+        return Err(ObjectError::NotLoaded(name.to_owned()));
+    }
+    set_object_state(name, Some(ModuleState::Going));
+    Ok(())
+}
+
+/// The second half of an unload (after the module's exit), or the end of a load whose
+/// init failed: module going in every engine (the patches applied to the object are
+/// reverted), then the object is gone. `NotLoaded` unless the object is going or coming.
+pub fn finish_unload_object(name: &str) -> Result<(), ObjectError> {
+    let Some(_serial) = loader_lock() else {
+        return Err(ObjectError::Deadlock);
+    };
+    match object_state(name) {
+        Some(ModuleState::Going | ModuleState::Coming) => {}
+        _ => return Err(ObjectError::NotLoaded(name.to_owned())),
+    }
+    set_object_state(name, Some(ModuleState::Going));
+    registry::module_going_all(name);
+    set_object_state(name, None);
+    Ok(())
+}

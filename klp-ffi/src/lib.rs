@@ -57,6 +57,21 @@
 //! hand: [`klp_object_load`], [`klp_object_unload`]. With `libklp.a`, a shared object
 //! may leave its klp symbols undefined when the program exports them (`-rdynamic`).
 //!
+//! # Kernel livepatch modules
+//!
+//! The compatibility headers (`include/klp/compat/linux/*.h`) build a kernel livepatch
+//! module's source, unchanged, as a shared object: `<linux/module.h>` gives it a
+//! [`klp_module`] (the kernel's `struct module`, `THIS_MODULE`) that a constructor
+//! registers ([`klp_module_register`]). [`klp_module_load`] and [`klp_module_unload`]
+//! are insmod and rmmod, [`klp_module_param_set`] and [`klp_module_refcnt`] the files of
+//! `/sys/module/<m>/`; a plain `dlopen` of a module loads it with no parameters.
+//! `klp_patch.mod` names the patch after its module and holds a reference on it while
+//! the patch is in use; `klp_object.mod` is the object's module in its callbacks. The
+//! headers' printk ends in [`klp_log_write`] (one order with libklp's lines) and
+//! [`klp_format_pointer`] (the `%p` forms); `jiffies`, [`klp_sleep_us`] and
+//! [`klp_current`] are the kernel's `jiffies`, `msleep` and `current`. See the module
+//! `module` of this crate for the loader's steps.
+//!
 //! # Threads
 //!
 //! A thread becomes a task (the kernel's task) at its first patchable call or thread
@@ -86,14 +101,23 @@
 //! cc -std=c11 prog.c -I include -L target/release -lklp -Wl,-rpath,<dir>
 //! ```
 
+mod module;
 mod patch;
 mod site;
 
+pub use module::{
+    KLP_HZ, KLP_MODULE_ABI, KLP_MODULE_NAME_LEN, KLP_PARAM_BOOL, KLP_PARAM_BYTE, KLP_PARAM_CHARP,
+    KLP_PARAM_HEXINT, KLP_PARAM_INT, KLP_PARAM_INVBOOL, KLP_PARAM_LONG, KLP_PARAM_SHORT,
+    KLP_PARAM_UINT, KLP_PARAM_ULLONG, KLP_PARAM_ULONG, KLP_PARAM_USHORT, jiffies, klp_current,
+    klp_format_pointer, klp_log_write, klp_modinfo, klp_module, klp_module_exit_t,
+    klp_module_init_t, klp_module_load, klp_module_param, klp_module_param_set, klp_module_refcnt,
+    klp_module_register, klp_module_unload, klp_module_unregister, klp_sleep_us, klp_task,
+};
 pub use patch::{
-    KLP_MODULE_STATE_COMING, KLP_MODULE_STATE_GOING, KLP_MODULE_STATE_LIVE, klp_callbacks,
-    klp_enable_patch, klp_func, klp_get_prev_state, klp_get_state, klp_object,
-    klp_object_callback_t, klp_object_state, klp_patch, klp_pre_patch_t, klp_state,
-    registered_patch,
+    KLP_MODULE_STATE_COMING, KLP_MODULE_STATE_GOING, KLP_MODULE_STATE_LIVE,
+    KLP_MODULE_STATE_UNFORMED, klp_callbacks, klp_enable_patch, klp_func, klp_get_prev_state,
+    klp_get_state, klp_object, klp_object_callback_t, klp_object_state, klp_patch, klp_pre_patch_t,
+    klp_state, registered_patch,
 };
 pub use site::{
     KLP_SITE_BYTES, klp_enter, klp_leave, klp_object_coming, klp_object_going, klp_object_load,
@@ -215,6 +239,8 @@ pub extern "C" fn klp_strerror(err: c_int) -> *const c_char {
         e if e == -ENOMEM => c"out of memory (ENOMEM)",
         e if e == -ETIMEDOUT => c"timed out (ETIMEDOUT)",
         e if e == -EDEADLK => c"called from a context where it would deadlock (EDEADLK)",
+        e if e == -libc::ENOEXEC => c"not a module (ENOEXEC)",
+        e if e == -libc::EACCES => c"permission denied (EACCES)",
         KLP_ERROR_PANIC => c"internal error: a panic was caught in libklp",
         _ => c"unknown error",
     };
@@ -265,10 +291,14 @@ static FORK_HOOKS: klp_sync::fork::Hooks = klp_sync::fork::Hooks {
         fork_hold(ENGINE_INIT.lock().unwrap_or_else(|e| e.into_inner()));
         patch::fork_prepare();
         site::fork_prepare();
+        module::fork_prepare();
         fork_hold(SYNC.lock().unwrap_or_else(|e| e.into_inner()));
     },
     parent: || {},
-    child: patch::fork_child,
+    child: || {
+        patch::fork_child();
+        module::fork_child();
+    },
 };
 
 /// Keep `value` (a lock guard) across a fork.
@@ -886,6 +916,32 @@ pub type gfp_t = c_uint;
 pub const GFP_KERNEL: gfp_t = 0x1;
 /// `GFP_ATOMIC` (ignored).
 pub const GFP_ATOMIC: gfp_t = 0x2;
+/// `GFP_NOWAIT` (ignored).
+pub const GFP_NOWAIT: gfp_t = 0x4;
+/// `GFP_NOIO` (ignored).
+pub const GFP_NOIO: gfp_t = 0x8;
+/// `GFP_NOFS` (ignored).
+pub const GFP_NOFS: gfp_t = 0x10;
+/// `GFP_USER` (ignored).
+pub const GFP_USER: gfp_t = 0x20;
+/// `GFP_HIGHUSER` (ignored).
+pub const GFP_HIGHUSER: gfp_t = 0x40;
+/// `GFP_DMA` (ignored).
+pub const GFP_DMA: gfp_t = 0x80;
+/// `GFP_DMA32` (ignored).
+pub const GFP_DMA32: gfp_t = 0x100;
+/// The kernel's `__GFP_ZERO`: `kmalloc` of the compatibility headers zeroes the memory.
+pub const KLP_GFP_ZERO: gfp_t = 0x1000;
+/// The kernel's `__GFP_NOWARN` (ignored).
+pub const KLP_GFP_NOWARN: gfp_t = 0x2000;
+/// The kernel's `__GFP_NOFAIL` (ignored).
+pub const KLP_GFP_NOFAIL: gfp_t = 0x4000;
+/// The kernel's `__GFP_NORETRY` (ignored).
+pub const KLP_GFP_NORETRY: gfp_t = 0x8000;
+/// The kernel's `__GFP_ACCOUNT` (ignored).
+pub const KLP_GFP_ACCOUNT: gfp_t = 0x10000;
+/// The kernel's `__GFP_RETRY_MAYFAIL` (ignored).
+pub const KLP_GFP_RETRY_MAYFAIL: gfp_t = 0x20000;
 
 /// A shadow constructor: initializes the zeroed `shadow_data` of a new variable of
 /// `obj`; returns 0, or an error (the allocation then fails and attaches nothing).

@@ -3,9 +3,11 @@
 //!
 //! The C structs belong to the program: like a kernel livepatch module's static
 //! structs, they must stay valid and unchanged (but for `klp_state.data`, which is the
-//! program's) from `klp_enable_patch` until the patch is disabled or replaced and
+//! program's, and `klp_object.mod`, which libklp writes, as the kernel its internal
+//! fields) from `klp_enable_patch` until the patch is disabled or replaced and
 //! released (the program may free them once it no longer appears under that name).
 
+use crate::module::{klp_module, module_get, module_ptr_for, module_put};
 use crate::{EINVAL, KLP_ERROR_PANIC, engine, guard, status};
 use klp_core::{Callbacks, Func, Object, ObjectCtx, Patch};
 use std::collections::HashMap;
@@ -63,8 +65,14 @@ pub struct klp_object {
     pub funcs: *mut klp_func,
     /// The callbacks.
     pub callbacks: klp_callbacks,
+    /// Internal (the kernel's): the object's module while it is loaded (written by
+    /// libklp, with its `state`, before each callback of the object and when the object
+    /// is loaded or unloaded), NULL for the main program and for an object that is not
+    /// loaded. A module built with the compatibility headers is its own `struct module`;
+    /// another object gets one of libklp's.
+    pub r#mod: *mut klp_module,
     /// Internal, reserved: zero.
-    pub klp_reserved: [*mut c_void; 4],
+    pub klp_reserved: [*mut c_void; 3],
 }
 
 /// A system state. Arrays of them end with an entry whose `id` is 0.
@@ -82,7 +90,7 @@ pub struct klp_state {
 /// A livepatch.
 #[repr(C)]
 pub struct klp_patch {
-    /// The patch's name (the kernel's module name): unique among the patches in use.
+    /// The patch's name: unique among the patches in use. NULL when `mod` names it.
     pub name: *const c_char,
     /// The patched objects, ending with an entry whose `name` and `funcs` are NULL.
     pub objs: *mut klp_object,
@@ -90,8 +98,15 @@ pub struct klp_patch {
     pub states: *mut klp_state,
     /// Atomic replace: a cumulative patch that replaces every patch before it.
     pub replace: bool,
+    /// The livepatch module (`.mod = THIS_MODULE` with the compatibility headers), or
+    /// NULL. When set, the patch's name is the module's (`name` is then NULL, or the
+    /// same), the module must say `MODULE_INFO(livepatch, "Y")` (else `-EINVAL` and the
+    /// kernel's line `module %s is not marked as a livepatch module`), and the patch
+    /// holds a reference on the module from its enable until it is released: the
+    /// module cannot be unloaded meanwhile (`klp_module_unload` returns `-EBUSY`).
+    pub r#mod: *mut klp_module,
     /// Internal, reserved: zero.
-    pub klp_reserved: [*mut c_void; 4],
+    pub klp_reserved: [*mut c_void; 3],
 }
 
 /// `obj->mod->state` of a loaded named object: running.
@@ -100,6 +115,9 @@ pub const KLP_MODULE_STATE_LIVE: c_int = 0;
 pub const KLP_MODULE_STATE_COMING: c_int = 1;
 /// Being unloaded.
 pub const KLP_MODULE_STATE_GOING: c_int = 2;
+/// Not loaded (yet, or any more): a module's state before its load and after its
+/// unload.
+pub const KLP_MODULE_STATE_UNFORMED: c_int = 3;
 
 /// A C pointer that the engine's callbacks carry to other threads.
 struct CPtr<T>(*mut T);
@@ -297,6 +315,51 @@ unsafe fn pin_objects(patch: *mut klp_patch) -> Pins {
     Pins(handles)
 }
 
+/// Set `obj->mod` from the object's current state: its module while it is loaded, NULL
+/// otherwise (and for the main program).
+///
+/// # Safety
+///
+/// 1. `obj` points to a valid `klp_object` whose `name` is NULL or a NUL-terminated
+///    string.
+unsafe fn set_loaded_mod(obj: *mut klp_object) {
+    // SAFETY: clause 1.
+    let name = unsafe { (*obj).name };
+    let m = if name.is_null() {
+        ptr::null_mut()
+    } else {
+        // SAFETY: clause 1.
+        let n = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        match klp_core::object_state(&n) {
+            Some(st) => module_ptr_for(&n, st.as_raw()),
+            None => ptr::null_mut(),
+        }
+    };
+    // SAFETY: clause 1; the field is libklp's.
+    unsafe { (*obj).r#mod = m };
+}
+
+/// The object `name` was loaded or unloaded: `obj->mod` of the objects of that name of
+/// the C patches in use follows (the kernel sets it in `klp_module_coming` and clears it
+/// in `klp_module_going`).
+pub(crate) fn refresh_object_mod(name: &str) {
+    let patches: Vec<usize> = registered(|reg| reg.values().map(|&(p, _)| p).collect());
+    for p in patches {
+        let p = p as *mut klp_patch;
+        // SAFETY: a patch in use: its structs are valid (klp_enable_patch's clause 1)
+        // and were checked by convert.
+        for o in unsafe { objects((*p).objs) } {
+            // SAFETY: as above.
+            let oname = unsafe { (*o).name };
+            // SAFETY: as above: NULL or NUL-terminated.
+            if !oname.is_null() && unsafe { CStr::from_ptr(oname) }.to_bytes() == name.as_bytes() {
+                // SAFETY: as above.
+                unsafe { set_loaded_mod(o) };
+            }
+        }
+    }
+}
+
 /// One enable at a time: the engine's states get their C struct before another patch
 /// can see them through `klp_get_prev_state`.
 static ENABLE: Mutex<()> = Mutex::new(());
@@ -362,13 +425,31 @@ unsafe fn states(states: *mut klp_state) -> impl Iterator<Item = *mut klp_state>
         })
 }
 
+/// `obj->mod` as the kernel's callbacks see it: the object's module with its state, NULL
+/// for the main program.
+///
+/// # Safety
+///
+/// 1. `obj` points to a `klp_object` of a patch in use (klp_enable_patch's clause 1).
+unsafe fn set_obj_mod(obj: *mut klp_object, ctx: &ObjectCtx<'_>) {
+    let m = match (ctx.object(), ctx.module_state()) {
+        (Some(name), Some(st)) => module_ptr_for(name, st.as_raw()),
+        _ => ptr::null_mut(),
+    };
+    // SAFETY: clause 1; the field is libklp's (the kernel's internal `mod`).
+    unsafe { (*obj).r#mod = m };
+}
+
 /// The callbacks of `obj`, calling the C functions with the C object.
 fn callbacks(c: &klp_callbacks, obj: *mut klp_object) -> Callbacks {
     let obj = CPtr(obj);
     let mut cb = Callbacks::new();
     if let Some(f) = c.pre_patch {
-        cb = cb.pre_patch(move |_: &ObjectCtx<'_>| {
+        cb = cb.pre_patch(move |ctx: &ObjectCtx<'_>| {
             let o = obj;
+            // SAFETY: klp_enable_patch's clause 1: the object is valid while the patch
+            // exists.
+            unsafe { set_obj_mod(o.0, ctx) };
             // SAFETY: klp_enable_patch's clause 1: the callback may be called with its
             // object while the patch exists.
             match unsafe { f(o.0) } {
@@ -379,8 +460,10 @@ fn callbacks(c: &klp_callbacks, obj: *mut klp_object) -> Callbacks {
     }
     for (slot, f) in [(0, c.post_patch), (1, c.pre_unpatch), (2, c.post_unpatch)] {
         let Some(f) = f else { continue };
-        let call = move |_: &ObjectCtx<'_>| {
+        let call = move |ctx: &ObjectCtx<'_>| {
             let o = obj;
+            // SAFETY: as for pre_patch.
+            unsafe { set_obj_mod(o.0, ctx) };
             // SAFETY: as for pre_patch.
             unsafe { f(o.0) }
         };
@@ -405,7 +488,7 @@ unsafe fn convert(patch: *mut klp_patch) -> Result<(Patch, String), c_int> {
     }
     // SAFETY: clause 1.
     let p = unsafe { &*patch };
-    if p.name.is_null() || p.objs.is_null() {
+    if (p.name.is_null() && p.r#mod.is_null()) || p.objs.is_null() {
         return Err(-EINVAL);
     }
     // SAFETY: clause 1: a terminated array.
@@ -414,8 +497,32 @@ unsafe fn convert(patch: *mut klp_patch) -> Result<(Patch, String), c_int> {
     if objs.iter().any(|&o| unsafe { (*o).funcs.is_null() }) {
         return Err(-EINVAL);
     }
-    // SAFETY: clause 1: not NULL.
-    let name = unsafe { name_arg(p.name) }?;
+    let name: String = if p.r#mod.is_null() {
+        // SAFETY: clause 1: not NULL.
+        unsafe { name_arg(p.name) }?.to_owned()
+    } else {
+        // SAFETY: clause 1: `mod` is a module of the compatibility headers.
+        let Some(m) = (unsafe { crate::module::module_name(p.r#mod) }) else {
+            return Err(-EINVAL);
+        };
+        if !p.name.is_null() {
+            // SAFETY: clause 1: not NULL.
+            if unsafe { name_arg(p.name) }? != m {
+                return Err(-EINVAL);
+            }
+        }
+        // The kernel's step 3 of klp_enable_patch.
+        // SAFETY: clause 1.
+        if !unsafe { crate::module::is_livepatch(p.r#mod) } {
+            crate::log().emit(
+                klp_core::log::Level::Err,
+                format_args!("module {m} is not marked as a livepatch module"),
+            );
+            return Err(-EINVAL);
+        }
+        m
+    };
+    let name = name.as_str();
     let mut out = Patch::new(name).replace(p.replace);
     for &o in &objs {
         // SAFETY: clause 1.
@@ -472,9 +579,11 @@ unsafe fn convert(patch: *mut klp_patch) -> Result<(Patch, String), c_int> {
 /// 1. `patch` is NULL or points to a `struct klp_patch` whose arrays are terminated as
 ///    documented, with valid strings, replacement functions of the originals'
 ///    signatures and callbacks that may be called from any thread and do not unwind;
-///    all of it stays valid and unchanged (but for `klp_state.data`) until the patch
-///    has been disabled or replaced and released, or the enable failed (like a kernel
-///    livepatch module's static structs).
+///    all of it stays valid and unchanged (but for `klp_state.data`, and
+///    `klp_object.mod`, which libklp writes) until the patch has been disabled or
+///    replaced and released, or the enable failed (like a kernel livepatch module's
+///    static structs). `mod`, if not NULL, points to a `struct klp_module` that stays
+///    valid as long.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
@@ -516,6 +625,14 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
             Ok(p) => p,
             Err(e) => return e,
         };
+        // The kernel's try_module_get(patch->mod).
+        // SAFETY: clause 1.
+        let module = unsafe { (*patch).r#mod };
+        let referenced = match module_get(module) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let module = referenced.then_some(module as usize);
         static ENABLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let me = (
             patch as usize,
@@ -534,6 +651,9 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
                     reg.remove(&release_name);
                 }
             });
+            if let Some(m) = module {
+                module_put(m);
+            }
             if let Some(pins) = take(&release_pins) {
                 pins.release();
             }
@@ -548,8 +668,17 @@ unsafe extern "C" fn enable_patch_sp(patch: *mut klp_patch, sp: usize) -> c_int 
         }
         let _done = Done;
         let previous = registered(|reg| reg.insert(name.clone(), me));
+        // The kernel's klp_init_object: obj->mod of the loaded named objects.
+        // SAFETY: clause 1: terminated arrays (convert checked them).
+        for o in unsafe { objects((*patch).objs) } {
+            // SAFETY: clause 1.
+            unsafe { set_loaded_mod(o) };
+        }
         let r = e.enable(p);
         if r.is_err() {
+            if let Some(m) = module {
+                module_put(m);
+            }
             if let Some(pins) = take(&pins) {
                 pins.release();
             }

@@ -42,8 +42,25 @@ unsafe fn static_str(s: *const c_char) -> &'static str {
     }
 }
 
+/// The name of the module whose file holds `addr` (see `module_name_from_path`), kept
+/// for the rest of the process (once per name).
+fn file_module_name(addr: *const c_void) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let name =
+        crate::module::module_name_from_path(&crate::module::file_of(addr).unwrap_or_default());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.into_boxed_str());
+    names.push(n);
+    n
+}
+
 /// Construct the site `site` for the function `name` of the object `object` (NULL:
-/// the main program, `vmlinux`), whose original implementation is `original`, and make
+/// the main program, `vmlinux`; an empty name: the module that holds the site, named
+/// after its file, for a module of the compatibility headers built without
+/// `KBUILD_MODNAME`), whose original implementation is `original`, and make
 /// it known (the kernel's kallsyms), so that a patch can name it. Called by the
 /// constructor that `KLP_PATCHABLE` defines; registering a site again does nothing.
 /// Several sites of one name in one object (static functions) are told apart by
@@ -80,6 +97,12 @@ pub unsafe extern "C" fn klp_site_register(
         }
         // SAFETY: clause 2.
         let object = (!object.is_null()).then(|| unsafe { static_str(object) });
+        // An empty name: the module of the compatibility headers that holds the site,
+        // built without KBUILD_MODNAME, is named after its file.
+        let object = match object {
+            Some("") => Some(file_module_name(site.cast_const().cast())),
+            o => o,
+        };
         // SAFETY: clause 2; not NULL.
         let name = unsafe { static_str(name) };
         let s: *mut Site = site.cast();
@@ -197,8 +220,12 @@ pub unsafe extern "C" fn klp_object_load(name: *const c_char) -> c_int {
         if crate::control_would_deadlock() {
             return -crate::EDEADLK;
         }
+        crate::module::object_module_prepare(name);
         match klp_core::load_object(name, || {}) {
-            Ok(()) => 0,
+            Ok(()) => {
+                crate::patch::refresh_object_mod(name);
+                0
+            }
             Err(e) => e.errno(),
         }
     })
@@ -224,7 +251,10 @@ pub unsafe extern "C" fn klp_object_unload(name: *const c_char) -> c_int {
             return -crate::EDEADLK;
         }
         match klp_core::unload_object(name, || {}) {
-            Ok(()) => 0,
+            Ok(()) => {
+                crate::patch::refresh_object_mod(name);
+                0
+            }
             Err(e) => e.errno(),
         }
     })
@@ -260,6 +290,18 @@ pub unsafe extern "C" fn klp_object_coming(name: *const c_char) -> c_int {
         }
     });
     r
+}
+
+/// Record the result `r` of loading the module `name` from a constructor (0 forgets an
+/// earlier refusal), for [`klp_object_refused`].
+pub(crate) fn record_refusal(name: &str, r: c_int) {
+    let mut refused = refusals().lock().unwrap_or_else(|e| e.into_inner());
+    let refused = refused.get_or_insert_with(HashMap::new);
+    if r == 0 {
+        refused.remove(name);
+    } else if r != -crate::EEXIST {
+        refused.insert(name.to_owned(), r);
+    }
 }
 
 /// `fork` prepare: the refusals.

@@ -52,7 +52,8 @@ fn object(name: *const c_char, funcs: *mut klp_func, callbacks: klp_callbacks) -
         name,
         funcs,
         callbacks,
-        klp_reserved: [ptr::null_mut(); 4],
+        r#mod: ptr::null_mut(),
+        klp_reserved: [ptr::null_mut(); 3],
     }
 }
 
@@ -79,7 +80,8 @@ fn patch(name: &'static CStr, objs: *mut klp_object, states: *mut klp_state) -> 
         objs,
         states,
         replace: false,
-        klp_reserved: [ptr::null_mut(); 4],
+        r#mod: ptr::null_mut(),
+        klp_reserved: [ptr::null_mut(); 3],
     }))
 }
 

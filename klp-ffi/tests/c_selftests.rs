@@ -16,7 +16,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{cc, lib_dir, root};
+use common::{cc, cc_kernel, lib_dir, root};
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The target and livepatch modules: `c-tests/selftests/test_modules/<name>.c`, built
-/// as `<name>.so` with `KBUILD_MODNAME` set to the name.
+/// as `<name>.so` with `KBUILD_MODNAME` set to the name (as kbuild does). The livepatch
+/// modules and test_klp_shadow_vars are the kernel's, in its form, built with the
+/// compatibility headers (`include/klp/compat`); the target modules ([`TARGETS`]) stand
+/// for kernel code and use `c-tests/selftests/klp_selftest.h`.
 const MODULES: &[&str] = &[
     "test_klp_livepatch",
     "test_klp_atomic_replace",
@@ -41,6 +44,13 @@ const MODULES: &[&str] = &[
     "test_klp_state",
     "test_klp_state2",
     "test_klp_state3",
+];
+
+/// The target modules.
+const TARGETS: &[&str] = &[
+    "test_klp_callbacks_mod",
+    "test_klp_callbacks_busy",
+    "test_klp_mod_target",
 ];
 
 /// The sources of the driver, in `c-tests/selftests/`.
@@ -108,26 +118,41 @@ fn build() -> Built {
     inc_src.push(&src);
     let mut inc = OsString::from("-I");
     inc.push(&include);
+    let mut inc_compat = OsString::from("-I");
+    inc_compat.push(include.join("klp/compat"));
 
     std::thread::scope(|s| {
         for &m in MODULES {
-            let (dir, src, l, inc, inc_src) = (&dir, &src, &l, &inc, &inc_src);
+            let (dir, src, l, inc, inc_src, inc_compat) =
+                (&dir, &src, &l, &inc, &inc_src, &inc_compat);
             s.spawn(move || {
                 let modname = OsString::from(format!("-DKBUILD_MODNAME=\"{m}\""));
                 let so = dir.join(format!("{m}.so"));
-                cc(&[
-                    "-fPIC".as_ref(),
-                    "-shared".as_ref(),
-                    inc.as_os_str(),
-                    inc_src.as_os_str(),
+                let source = src.join(format!("test_modules/{m}.c"));
+                let rest: [&std::ffi::OsStr; 7] = [
                     modname.as_os_str(),
-                    src.join(format!("test_modules/{m}.c")).as_os_str(),
+                    source.as_os_str(),
                     "-o".as_ref(),
                     so.as_os_str(),
                     l.as_os_str(),
                     "-lklp".as_ref(),
                     "-lpthread".as_ref(),
-                ]);
+                ];
+                if TARGETS.contains(&m) {
+                    let mut args: Vec<&std::ffi::OsStr> = vec![
+                        "-fPIC".as_ref(),
+                        "-shared".as_ref(),
+                        inc.as_os_str(),
+                        inc_src.as_os_str(),
+                    ];
+                    args.extend(rest);
+                    cc(&args);
+                } else {
+                    let mut args: Vec<&std::ffi::OsStr> =
+                        vec!["-fPIC".as_ref(), "-shared".as_ref(), inc_compat.as_os_str()];
+                    args.extend(rest);
+                    cc_kernel(&args);
+                }
             });
         }
         // vmlinux exports its symbols to the modules (-rdynamic).

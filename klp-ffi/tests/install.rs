@@ -1,8 +1,10 @@
 //! libklp as a system library: `cargo xtask install` into a temporary prefix (with a
 //! `DESTDIR` too), the README's C example built with pkg-config against the shared and
 //! the static library and run, the same example linked from the build tree (the soname
-//! link there), the soname, file names and `klp_version()` against the package version,
-//! and `cargo xtask uninstall`.
+//! link there), a kernel livepatch module (the kernel's livepatch sample, in its form)
+//! built against the installed compatibility headers (`compatdir` of `klp.pc`) and
+//! loaded into a program, the soname, file names and `klp_version()` against the
+//! package version, and `cargo xtask uninstall`.
 
 mod common;
 
@@ -102,6 +104,14 @@ fn pc_fallback(pcdir: &Path, args: &[&str]) -> Vec<String> {
     let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
     let mut out = String::new();
     for a in &args[..args.len() - 1] {
+        if let Some(var) = a.strip_prefix("--variable=") {
+            out += &vars
+                .iter()
+                .find(|(k, _)| k == var)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            continue;
+        }
         match *a {
             "--modversion" => out += &field("Version"),
             "--cflags" => out += &format!(" {}", field("Cflags")),
@@ -156,6 +166,61 @@ fn soname_of(lib: &Path) -> String {
 fn link_target(p: &Path) -> PathBuf {
     std::fs::read_link(p).unwrap_or_else(|e| panic!("{} is not a link: {e}", p.display()))
 }
+
+/// A program that plays the kernel for the livepatch sample: `cmdline_proc_show`
+/// (patchable) and `seq_printf`; it loads the module given, shows the command line
+/// before, with and after the patch, and unloads the module.
+const KERNEL: &str = r#"#include <klp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+struct seq_file {
+	char buf[256];
+	size_t n;
+};
+
+void seq_printf(struct seq_file *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	m->n += vsnprintf(m->buf + m->n, sizeof(m->buf) - m->n, fmt, ap);
+	va_end(ap);
+}
+
+KLP_PATCHABLE(int, cmdline_proc_show, (struct seq_file *m, void *v), (m, v))
+{
+	(void)v;
+	seq_printf(m, "%s\n", "original");
+	return 0;
+}
+
+static void show(void)
+{
+	struct seq_file m = { "", 0 };
+
+	cmdline_proc_show(&m, NULL);
+	fputs(m.buf, stdout);
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	show();
+	if (klp_module_load(argv[1], "") || klp_wait_transition(10000))
+		return 1;
+	show();
+	if (klp_patch_set_enabled("livepatch_sample", 0) || klp_wait_transition(10000))
+		return 1;
+	while (klp_module_refcnt("livepatch_sample") > 0)
+		usleep(1000);
+	if (klp_module_unload("livepatch_sample"))
+		return 1;
+	show();
+	return 0;
+}
+"#;
 
 #[test]
 fn install_link_with_pkg_config_run_and_uninstall() {
@@ -238,6 +303,47 @@ fn install_link_with_pkg_config_run_and_uninstall() {
     ];
     build_and_run(&src, &dir.join("ex_tree"), &flags);
 
+    // A kernel livepatch module, unchanged, against the installed compatibility headers,
+    // loaded into a program that plays the kernel.
+    let compat = pkg_config(&pcdir, &["--variable=compatdir", "klp"]);
+    assert_eq!(
+        compat,
+        [prefix.join("include/klp/compat").display().to_string()]
+    );
+    assert!(
+        prefix
+            .join("include/klp/compat/linux/livepatch.h")
+            .is_file()
+    );
+    let module = dir.join("livepatch-sample.so");
+    output(
+        Command::new(cc())
+            .args(["-std=gnu11", "-O2", "-Wall", "-Werror", "-fPIC", "-shared"])
+            .arg(format!("-I{}", compat[0]))
+            .arg(root().join("c-tests/samples/livepatch-sample.c"))
+            .args(pkg_config(&pcdir, &["--libs", "klp"]))
+            .arg("-o")
+            .arg(&module),
+    );
+    let ksrc = dir.join("kernel.c");
+    std::fs::write(&ksrc, KERNEL).unwrap();
+    let kexe = dir.join("kernel");
+    let mut flags = pkg_config(&pcdir, &["--cflags", "--libs", "klp"]);
+    flags.push(format!("-Wl,-rpath,{}", libdir.display()));
+    flags.push("-rdynamic".to_owned());
+    output(
+        Command::new(cc())
+            .args(["-std=gnu11", "-O2", "-Wall", "-Werror"])
+            .arg(&ksrc)
+            .args(&flags)
+            .arg("-o")
+            .arg(&kexe),
+    );
+    assert_eq!(
+        output(Command::new(&kexe).arg(&module)),
+        "original\nthis has been live patched\noriginal\n"
+    );
+
     // Uninstall leaves nothing of ours.
     xtask(
         &["uninstall", "--prefix", prefix.to_str().unwrap()],
@@ -252,6 +358,7 @@ fn install_link_with_pkg_config_run_and_uninstall() {
         pcdir.join("klp-static.pc"),
         prefix.join("include/klp.h"),
         prefix.join("include/klp_macros.h"),
+        prefix.join("include/klp"),
     ] {
         assert!(f.symlink_metadata().is_err(), "{} left", f.display());
     }
@@ -267,6 +374,12 @@ fn install_link_with_pkg_config_run_and_uninstall() {
     assert!(pc.contains("libdir=${prefix}/lib\n"), "{pc}");
     assert!(!pc.contains(stage.to_str().unwrap()), "{pc}");
     assert!(stage.join("opt/klp/include/klp.h").is_file());
+    assert!(
+        stage
+            .join("opt/klp/include/klp/compat/linux/module.h")
+            .is_file()
+    );
+    assert!(pc.contains("compatdir=${includedir}/klp/compat\n"), "{pc}");
 
     let _ = std::fs::remove_dir_all(&dir);
 }

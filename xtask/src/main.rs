@@ -2,7 +2,10 @@
 //!
 //! Installs, under `$DESTDIR$LIBDIR`: `libklp.so.X.Y.Z` with the links `libklp.so.X`
 //! (the soname) and `libklp.so`, `libklp.a`, and `pkgconfig/klp.pc` and
-//! `pkgconfig/klp-static.pc`; under `$DESTDIR$INCLUDEDIR`: `klp.h` and `klp_macros.h`.
+//! `pkgconfig/klp-static.pc`; under `$DESTDIR$INCLUDEDIR`: `klp.h` and `klp_macros.h`,
+//! and the kernel compatibility headers under `klp/compat/` (`klp/compat/linux/*.h`,
+//! which kernel livepatch modules include; the `.pc` files name the directory as the
+//! variable `compatdir`).
 //! Each directory comes from an option, else the environment variable of the same name,
 //! else its default: `PREFIX` `/usr/local`, `LIBDIR` `$PREFIX/lib` (Debian's multiarch
 //! directories work: `--libdir lib/x86_64-linux-gnu`), `INCLUDEDIR` `$PREFIX/include`;
@@ -141,10 +144,34 @@ fn major() -> &'static str {
     VERSION.split('.').next().unwrap_or(VERSION)
 }
 
+/// The compatibility headers, relative to `include/` of the source tree
+/// (`klp/compat/...`), sorted.
+fn compat_headers() -> Result<Vec<PathBuf>, String> {
+    fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+        let dir = base.join(rel);
+        let entries =
+            fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for e in entries {
+            let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            let rel = rel.join(e.file_name());
+            if e.path().is_dir() {
+                walk(base, &rel, out)?;
+            } else if rel.extension().is_some_and(|x| x == "h") {
+                out.push(rel);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(&root().join("include"), Path::new("klp/compat"), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// The files install writes, relative to the library and include directories.
-fn files(layout: &Layout) -> Vec<PathBuf> {
+fn files(layout: &Layout) -> Result<Vec<PathBuf>, String> {
     let lib = |n: &str| layout.libdir.join(n);
-    vec![
+    let mut files = vec![
         lib(&format!("libklp.so.{VERSION}")),
         lib(&format!("libklp.so.{}", major())),
         lib("libklp.so"),
@@ -153,7 +180,13 @@ fn files(layout: &Layout) -> Vec<PathBuf> {
         lib("pkgconfig/klp-static.pc"),
         layout.includedir.join("klp.h"),
         layout.includedir.join("klp_macros.h"),
-    ]
+    ];
+    files.extend(
+        compat_headers()?
+            .into_iter()
+            .map(|h| layout.includedir.join(h)),
+    );
+    Ok(files)
 }
 
 fn install(layout: &Layout, build: bool, from: Option<PathBuf>) -> Result<(), String> {
@@ -201,6 +234,13 @@ fn install(layout: &Layout, build: bool, from: Option<PathBuf>) -> Result<(), St
     for h in ["klp.h", "klp_macros.h"] {
         copy(&root.join("include").join(h), &incdir.join(h), 0o644)?;
     }
+    for h in compat_headers()? {
+        let to = incdir.join(&h);
+        if let Some(d) = to.parent() {
+            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        copy(&root.join("include").join(&h), &to, 0o644)?;
+    }
     let natives = native_static_libs()?;
     write(
         &libdir.join("pkgconfig/klp.pc"),
@@ -210,14 +250,14 @@ fn install(layout: &Layout, build: bool, from: Option<PathBuf>) -> Result<(), St
         &libdir.join("pkgconfig/klp-static.pc"),
         &pc(layout, true, &natives),
     )?;
-    for f in files(layout) {
+    for f in files(layout)? {
         println!("installed {}", layout.staged(&f).display());
     }
     Ok(())
 }
 
 fn uninstall(layout: &Layout) -> Result<(), String> {
-    for f in files(layout) {
+    for f in files(layout)? {
         let f = layout.staged(&f);
         match fs::remove_file(&f) {
             Ok(()) => println!("removed {}", f.display()),
@@ -225,8 +265,11 @@ fn uninstall(layout: &Layout) -> Result<(), String> {
             Err(e) => return Err(format!("cannot remove {}: {e}", f.display())),
         }
     }
-    // The pkgconfig directory, only when install made it and nothing else is in it.
+    // The directories install made, only when nothing else is in them.
     let _ = fs::remove_dir(layout.staged(&layout.libdir.join("pkgconfig")));
+    for d in ["klp/compat/linux", "klp/compat", "klp"] {
+        let _ = fs::remove_dir(layout.staged(&layout.includedir.join(d)));
+    }
     Ok(())
 }
 
@@ -252,6 +295,7 @@ fn pc(layout: &Layout, static_only: bool, natives: &str) -> String {
         "prefix={prefix}\n\
          libdir={libdir}\n\
          includedir={includedir}\n\
+         compatdir=${{includedir}}/klp/compat\n\
          \n\
          Name: {name}\n\
          Description: the Linux kernel's livepatch model for userspace programs\n\

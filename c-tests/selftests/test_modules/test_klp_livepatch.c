@@ -1,26 +1,39 @@
-/* test_klp_livepatch: /proc/cmdline (cmdline_proc_show of vmlinux, the driver) shows
- * "test_klp_livepatch: this has been live patched". */
-#include "klp_selftest.h"
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * test_klp_livepatch: the kernel's selftest module of that name, in the kernel's form,
+ * rewritten for libklp. /proc/cmdline (cmdline_proc_show of vmlinux, the driver) shows
+ * "test_klp_livepatch: this has been live patched".
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/seq_file.h>
 
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)
 {
-	(void)v;
-	seq_printf(m, "%s: %s\n", KBUILD_MODNAME, "this has been live patched");
+	seq_printf(m, "%s: %s\n", THIS_MODULE->name, "this has been live patched");
 	return 0;
 }
 
 static struct klp_func funcs[] = {
-	{ .old_name = "cmdline_proc_show", .new_func = (void *)livepatch_cmdline_proc_show },
-	{ 0 }
+	{
+		.old_name = "cmdline_proc_show",
+		.new_func = livepatch_cmdline_proc_show,
+	}, { }
 };
 
 static struct klp_object objs[] = {
-	{ .name = NULL, .funcs = funcs }, /* NULL: vmlinux */
-	{ 0 }
+	{
+		/* no name: vmlinux */
+		.funcs = funcs,
+	}, { }
 };
 
 static struct klp_patch patch = {
-	.name = KBUILD_MODNAME,
+	.mod = THIS_MODULE,
 	.objs = objs,
 };
 
@@ -35,3 +48,7 @@ static void test_klp_livepatch_exit(void)
 
 module_init(test_klp_livepatch_init);
 module_exit(test_klp_livepatch_exit);
+MODULE_LICENSE("MIT OR Apache-2.0");
+MODULE_INFO(livepatch, "Y");
+MODULE_AUTHOR("The libklp authors");
+MODULE_DESCRIPTION("Livepatch test: livepatch module");

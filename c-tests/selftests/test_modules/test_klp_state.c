@@ -1,55 +1,92 @@
-/* test_klp_state: an atomic-replace patch with the system state 1 (console_loglevel,
- * version 1): its callbacks save console_loglevel, raise it, restore it. */
-#include "callback_info.h"
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * test_klp_state: the kernel's selftest module of that name, in the kernel's form,
+ * rewritten for libklp: an atomic-replace patch with the system state 1
+ * (console_loglevel, version 1, which cannot be taken over): its callbacks save
+ * console_loglevel, raise it, restore it.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/slab.h>
+#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/livepatch.h>
 
 #define CONSOLE_LOGLEVEL_STATE 1
+/* Version 1 knows no predecessor to take the change over from. */
 #define CONSOLE_LOGLEVEL_STATE_VERSION 1
+
+static const char *const module_state[] = {
+	[MODULE_STATE_LIVE]	= "[MODULE_STATE_LIVE] Normal state",
+	[MODULE_STATE_COMING]	= "[MODULE_STATE_COMING] Full formed, running module_init",
+	[MODULE_STATE_GOING]	= "[MODULE_STATE_GOING] Going away",
+	[MODULE_STATE_UNFORMED]	= "[MODULE_STATE_UNFORMED] Still setting it up",
+};
+
+static void callback_info(const char *callback, struct klp_object *obj)
+{
+	if (obj->mod)
+		pr_info("%s: %s -> %s\n", callback, obj->mod->name,
+			module_state[obj->mod->state]);
+	else
+		pr_info("%s: vmlinux\n", callback);
+}
 
 static struct klp_patch patch;
 
 static int allocate_loglevel_state(void)
 {
-	struct klp_state *loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
+	struct klp_state *loglevel_state;
 
+	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return -EINVAL;
-	loglevel_state->data = calloc(1, sizeof(console_loglevel));
+
+	loglevel_state->data = kzalloc(sizeof(console_loglevel), GFP_KERNEL);
 	if (!loglevel_state->data)
 		return -ENOMEM;
-	pr_info("%s: allocating space to store console_loglevel", __func__);
+
+	pr_info("%s: allocating space to store console_loglevel\n", __func__);
 	return 0;
 }
 
 static void fix_console_loglevel(void)
 {
-	struct klp_state *loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
+	struct klp_state *loglevel_state;
 
+	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return;
-	pr_info("%s: fixing console_loglevel", __func__);
+
+	pr_info("%s: fixing console_loglevel\n", __func__);
 	*(int *)loglevel_state->data = console_loglevel;
 	console_loglevel = CONSOLE_LOGLEVEL_MOTORMOUTH;
 }
 
 static void restore_console_loglevel(void)
 {
-	struct klp_state *loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
+	struct klp_state *loglevel_state;
 
+	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return;
-	pr_info("%s: restoring console_loglevel", __func__);
+
+	pr_info("%s: restoring console_loglevel\n", __func__);
 	console_loglevel = *(int *)loglevel_state->data;
 }
 
 static void free_loglevel_state(void)
 {
-	struct klp_state *loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
+	struct klp_state *loglevel_state;
 
+	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return;
-	pr_info("%s: freeing space for the stored console_loglevel", __func__);
-	free(loglevel_state->data);
-	loglevel_state->data = NULL;
+
+	pr_info("%s: freeing space for the stored console_loglevel\n", __func__);
+	kfree(loglevel_state->data);
 }
 
 static int pre_patch_callback(struct klp_object *obj)
@@ -76,11 +113,13 @@ static void post_unpatch_callback(struct klp_object *obj)
 	free_loglevel_state();
 }
 
-static struct klp_func no_funcs[] = { { 0 } };
+static struct klp_func no_funcs[] = {
+	{ }
+};
 
 static struct klp_object objs[] = {
 	{
-		.name = NULL,
+		.name = NULL,	/* vmlinux */
 		.funcs = no_funcs,
 		.callbacks = {
 			.pre_patch = pre_patch_callback,
@@ -88,17 +127,18 @@ static struct klp_object objs[] = {
 			.pre_unpatch = pre_unpatch_callback,
 			.post_unpatch = post_unpatch_callback,
 		},
-	},
-	{ 0 }
+	}, { }
 };
 
 static struct klp_state states[] = {
-	{ .id = CONSOLE_LOGLEVEL_STATE, .version = CONSOLE_LOGLEVEL_STATE_VERSION },
-	{ 0 }
+	{
+		.id = CONSOLE_LOGLEVEL_STATE,
+		.version = CONSOLE_LOGLEVEL_STATE_VERSION,
+	}, { }
 };
 
 static struct klp_patch patch = {
-	.name = KBUILD_MODNAME,
+	.mod = THIS_MODULE,
 	.objs = objs,
 	.states = states,
 	.replace = true,
@@ -115,3 +155,7 @@ static void test_klp_state_exit(void)
 
 module_init(test_klp_state_init);
 module_exit(test_klp_state_exit);
+MODULE_LICENSE("MIT OR Apache-2.0");
+MODULE_INFO(livepatch, "Y");
+MODULE_AUTHOR("The libklp authors");
+MODULE_DESCRIPTION("Livepatch test: system state modification");

@@ -1,10 +1,39 @@
-/* test_klp_state2: test_klp_state at version 2 of the state, taking the console_loglevel
- * change over from a previous patch (klp_get_prev_state) instead of redoing it. Built
- * again, unchanged, as test_klp_state3. */
-#include "callback_info.h"
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * test_klp_state2: the kernel's selftest module of that name, in the kernel's form,
+ * rewritten for libklp: test_klp_state at version 2 of the state, which takes the
+ * console_loglevel change over from a previous patch (klp_get_prev_state) instead of
+ * redoing it, and leaves it to that patch when it is disabled. Built again, unchanged,
+ * as test_klp_state3.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/slab.h>
+#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/printk.h>
+#include <linux/livepatch.h>
 
 #define CONSOLE_LOGLEVEL_STATE 1
+/* Version 2 can take the change over from version 1 and 2. */
 #define CONSOLE_LOGLEVEL_STATE_VERSION 2
+
+static const char *const module_state[] = {
+	[MODULE_STATE_LIVE]	= "[MODULE_STATE_LIVE] Normal state",
+	[MODULE_STATE_COMING]	= "[MODULE_STATE_COMING] Full formed, running module_init",
+	[MODULE_STATE_GOING]	= "[MODULE_STATE_GOING] Going away",
+	[MODULE_STATE_UNFORMED]	= "[MODULE_STATE_UNFORMED] Still setting it up",
+};
+
+static void callback_info(const char *callback, struct klp_object *obj)
+{
+	if (obj->mod)
+		pr_info("%s: %s -> %s\n", callback, obj->mod->name,
+			module_state[obj->mod->state]);
+	else
+		pr_info("%s: vmlinux\n", callback);
+}
 
 static struct klp_patch patch;
 
@@ -14,17 +43,20 @@ static int allocate_loglevel_state(void)
 
 	prev_loglevel_state = klp_get_prev_state(CONSOLE_LOGLEVEL_STATE);
 	if (prev_loglevel_state) {
-		pr_info("%s: space to store console_loglevel already allocated", __func__);
+		pr_info("%s: space to store console_loglevel already allocated\n",
+			__func__);
 		return 0;
 	}
 
 	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return -EINVAL;
-	loglevel_state->data = calloc(1, sizeof(console_loglevel));
+
+	loglevel_state->data = kzalloc(sizeof(console_loglevel), GFP_KERNEL);
 	if (!loglevel_state->data)
 		return -ENOMEM;
-	pr_info("%s: allocating space to store console_loglevel", __func__);
+
+	pr_info("%s: allocating space to store console_loglevel\n", __func__);
 	return 0;
 }
 
@@ -38,12 +70,12 @@ static void fix_console_loglevel(void)
 
 	prev_loglevel_state = klp_get_prev_state(CONSOLE_LOGLEVEL_STATE);
 	if (prev_loglevel_state) {
-		pr_info("%s: taking over the console_loglevel change", __func__);
+		pr_info("%s: taking over the console_loglevel change\n", __func__);
 		loglevel_state->data = prev_loglevel_state->data;
 		return;
 	}
 
-	pr_info("%s: fixing console_loglevel", __func__);
+	pr_info("%s: fixing console_loglevel\n", __func__);
 	*(int *)loglevel_state->data = console_loglevel;
 	console_loglevel = CONSOLE_LOGLEVEL_MOTORMOUTH;
 }
@@ -54,7 +86,7 @@ static void restore_console_loglevel(void)
 
 	prev_loglevel_state = klp_get_prev_state(CONSOLE_LOGLEVEL_STATE);
 	if (prev_loglevel_state) {
-		pr_info("%s: passing the console_loglevel change back to the old livepatch",
+		pr_info("%s: passing the console_loglevel change back to the old livepatch\n",
 			__func__);
 		return;
 	}
@@ -62,7 +94,8 @@ static void restore_console_loglevel(void)
 	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return;
-	pr_info("%s: restoring console_loglevel", __func__);
+
+	pr_info("%s: restoring console_loglevel\n", __func__);
 	console_loglevel = *(int *)loglevel_state->data;
 }
 
@@ -72,16 +105,16 @@ static void free_loglevel_state(void)
 
 	prev_loglevel_state = klp_get_prev_state(CONSOLE_LOGLEVEL_STATE);
 	if (prev_loglevel_state) {
-		pr_info("%s: keeping space to store console_loglevel", __func__);
+		pr_info("%s: keeping space to store console_loglevel\n", __func__);
 		return;
 	}
 
 	loglevel_state = klp_get_state(&patch, CONSOLE_LOGLEVEL_STATE);
 	if (!loglevel_state)
 		return;
-	pr_info("%s: freeing space for the stored console_loglevel", __func__);
-	free(loglevel_state->data);
-	loglevel_state->data = NULL;
+
+	pr_info("%s: freeing space for the stored console_loglevel\n", __func__);
+	kfree(loglevel_state->data);
 }
 
 static int pre_patch_callback(struct klp_object *obj)
@@ -108,11 +141,13 @@ static void post_unpatch_callback(struct klp_object *obj)
 	free_loglevel_state();
 }
 
-static struct klp_func no_funcs[] = { { 0 } };
+static struct klp_func no_funcs[] = {
+	{ }
+};
 
 static struct klp_object objs[] = {
 	{
-		.name = NULL,
+		.name = NULL,	/* vmlinux */
 		.funcs = no_funcs,
 		.callbacks = {
 			.pre_patch = pre_patch_callback,
@@ -120,17 +155,18 @@ static struct klp_object objs[] = {
 			.pre_unpatch = pre_unpatch_callback,
 			.post_unpatch = post_unpatch_callback,
 		},
-	},
-	{ 0 }
+	}, { }
 };
 
 static struct klp_state states[] = {
-	{ .id = CONSOLE_LOGLEVEL_STATE, .version = CONSOLE_LOGLEVEL_STATE_VERSION },
-	{ 0 }
+	{
+		.id = CONSOLE_LOGLEVEL_STATE,
+		.version = CONSOLE_LOGLEVEL_STATE_VERSION,
+	}, { }
 };
 
 static struct klp_patch patch = {
-	.name = KBUILD_MODNAME,
+	.mod = THIS_MODULE,
 	.objs = objs,
 	.states = states,
 	.replace = true,
@@ -147,3 +183,7 @@ static void test_klp_state2_exit(void)
 
 module_init(test_klp_state2_init);
 module_exit(test_klp_state2_exit);
+MODULE_LICENSE("MIT OR Apache-2.0");
+MODULE_INFO(livepatch, "Y");
+MODULE_AUTHOR("The libklp authors");
+MODULE_DESCRIPTION("Livepatch test: system state modification");

@@ -80,6 +80,31 @@ pub fn cc(args: &[&OsStr]) {
     );
 }
 
+/// Run the C compiler as [`cc`] does, for a kernel module in the kernel's form built with
+/// the compatibility headers: GNU C11 with `-Wall -Wextra` as errors but for unused
+/// parameters (the kernel's code has many), no `-pedantic`.
+#[allow(dead_code)]
+pub fn cc_kernel(args: &[&OsStr]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_owned());
+    let out = Command::new(&cc)
+        .args([
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Wno-unused-parameter",
+            "-Werror",
+            "-O2",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run the C program `exe` with `args`, `KLP_SYNC` set to `sync` (removed when `None`);
 /// panic with its output unless it succeeds; return its standard output.
 #[allow(dead_code)]
