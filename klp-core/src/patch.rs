@@ -68,7 +68,10 @@ fn decide<F: Flavor + 'static>(core: &Core<F>, site: &'static Site, task: &Task)
     let mut chosen = func;
     // Acquire (R2): the task state read below is ordered after the flag.
     if func.transition.load(Ordering::Acquire) {
-        let state = task.states[core.slot].load(Ordering::Acquire);
+        // `slot < MAX_ENGINES` (a power of two): the mask is a no-op that spares the
+        // bounds check a branch.
+        const _: () = assert!(crate::task::MAX_ENGINES.is_power_of_two());
+        let state = task.states[core.slot & (crate::task::MAX_ENGINES - 1)].load(Ordering::Acquire);
         if state == KLP_TRANSITION_IDLE {
             // Reported later, outside the read section (the kernel's WARN_ON_ONCE).
             core.idle_task.store(task.id(), Ordering::Relaxed);

@@ -120,7 +120,20 @@ fn check(exe: &Path, so: &Path) {
     for sync in ["preempt", "rcu"] {
         for (mode, expected) in [("release", EXPECTED_RELEASE), ("forced", EXPECTED_FORCED)] {
             let out = run(exe, &[so.as_os_str(), mode.as_ref()], Some(sync));
-            assert_eq!(out, expected, "{} {mode} ({sync})", exe.display());
+            // The module's destructor runs on libklp's unmapping thread once the patch
+            // is released (after a grace period that follows the transition): the
+            // program's first call after the wait may print before or after it. Both
+            // come after "unpatching complete" and before "unmapped".
+            let other = expected.replacen(
+                "original greeting\npatch_mod: exit\n",
+                "patch_mod: exit\noriginal greeting\n",
+                1,
+            );
+            assert!(
+                out == expected || out == other,
+                "{} {mode} ({sync}):\n{out}\nexpected:\n{expected}",
+                exe.display()
+            );
         }
     }
 }
