@@ -402,7 +402,11 @@ pub(crate) fn add_nops(ctl: &Control, new: &mut PatchRec) {
                 if no
                     .funcs
                     .iter()
-                    .any(|f| f.old_name == of.old_name && f.old_sympos == of.old_sympos)
+                    // Positions 0 and 1 name the same function (the kernel's
+                    // klp_find_func).
+                    .any(|f| {
+                        f.old_name == of.old_name && f.old_sympos.max(1) == of.old_sympos.max(1)
+                    })
                 {
                     continue;
                 }

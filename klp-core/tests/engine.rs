@@ -799,3 +799,29 @@ fn rcu_counts_and_warns_when_not_watching_and_preempt_never_does() {
     assert_eq!(call_while_parked(klp), 0);
     assert!(!cap.take().iter().any(|l| l.contains("not watching")));
 }
+
+/// Atomic replace: a function at position 1 in the patch in use and at position 0 in the
+/// replacement is one function (the kernel's `klp_find_func`), not a nop beside a func.
+#[test]
+fn replace_treats_positions_0_and_1_as_one_function() {
+    let _s = serial();
+    let (klp, _cap) = engine(Preempt::new());
+    klp.enable(
+        Patch::new("p_pos1").object(
+            Object::vmlinux().func(Func::new("e_add", e_add_2 as fn(u32) -> u32).sympos(1)),
+        ),
+    )
+    .unwrap();
+    assert!(klp.wait_transition(LIMIT));
+    klp.enable(
+        Patch::new("p_pos0")
+            .replace(true)
+            .object(Object::vmlinux().func(Func::new("e_add", e_add_3 as fn(u32) -> u32))),
+    )
+    .expect("the replacement names the same function");
+    assert!(klp.wait_transition(LIMIT));
+    assert_eq!(e_add(1), 4);
+    assert!(klp.patch("p_pos1").is_none(), "replaced");
+    disable_wait(&klp, "p_pos0");
+    assert_eq!(e_add(1), 2);
+}
