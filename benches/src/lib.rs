@@ -1,5 +1,14 @@
-//! Shared pieces of the libklp benchmarks and of the `klp-compare` report: busy reader
-//! threads and concurrent grace-period callers, for any [`Flavor`].
+//! Shared pieces of the libklp benchmarks, of the `klp-compare` report and of the
+//! `klp-soak` command: busy reader threads and concurrent grace-period callers, for any
+//! [`Flavor`]; callers that overlap by construction ([`overlap`]); the seed's case
+//! counted ([`unwatched`], [`seed`]); the peers ([`peers`]); the churn workload of the
+//! soak ([`churn`]).
+
+pub mod churn;
+pub mod overlap;
+pub mod peers;
+pub mod seed;
+pub mod unwatched;
 
 use klp_sync::Flavor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,11 +85,23 @@ impl Drop for BusyReaders {
 /// which on two processors cost as much as the grace periods). With shared grace periods
 /// the total stays near the time of one caller; with serialized ones it grows with `k`.
 pub fn concurrent_synchronize<F: Flavor + 'static>(f: &Arc<F>, k: usize, calls: u64) -> Duration {
+    concurrent_synchronize_with(f, k, calls, || {})
+}
+
+/// [`concurrent_synchronize`], each caller thread running `setup` first (pinning it to
+/// processors, say).
+pub fn concurrent_synchronize_with<F: Flavor + 'static>(
+    f: &Arc<F>,
+    k: usize,
+    calls: u64,
+    setup: impl Fn() + Clone + Send + 'static,
+) -> Duration {
     let start = Arc::new(Barrier::new(k));
     let callers: Vec<_> = (0..k)
         .map(|_| {
-            let (f, start) = (Arc::clone(f), Arc::clone(&start));
+            let (f, start, setup) = (Arc::clone(f), Arc::clone(&start), setup.clone());
             std::thread::spawn(move || {
+                setup();
                 f.register_current_thread();
                 start.wait();
                 // Each caller times itself: the measuring thread may not run for a while.
