@@ -52,10 +52,14 @@ fn scratch() -> PathBuf {
 }
 
 fn build(src: &str, out: &Path, flags: &[&str]) {
+    build_with("gcc", src, out, flags)
+}
+
+fn build_with(cc: &str, src: &str, out: &Path, flags: &[&str]) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../c-tests/entry")
         .join(src);
-    let st = Command::new("gcc")
+    let st = Command::new(cc)
         .args(["-O2", "-mavx", "-fPIC", "-shared", "-fcf-protection=none"])
         .args(flags)
         .arg(&src)
@@ -250,4 +254,49 @@ fn arming_and_disarming_under_calls() {
     );
     assert_eq!(wrong.load(Ordering::Relaxed), 0);
     assert!(handled > 0, "some calls went through the armed entry");
+}
+
+/// Clang's entry is one two-byte NOP (`66 90`): the byte-wise protocol splits it into two
+/// one-byte NOPs when it prepares the site, then arms and disarms it like GCC's.
+#[test]
+fn a_clang_entry_is_split_then_armed() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Command::new("clang")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("clang is not installed: the Clang entry is not armed here");
+        return;
+    }
+    trampoline::init(handler);
+    let text = Text::get().unwrap();
+    let dir = scratch();
+    let (old, new) = (
+        dir.join("libentclangabi.so"),
+        dir.join("libentclangabinew.so"),
+    );
+    build_with(
+        "clang",
+        "ent_abi.c",
+        &old,
+        &["-fpatchable-function-entry=16,14"],
+    );
+    build("ent_abi_new.c", &new, &[]);
+    let (old, new) = (Lib::open(&old), Lib::open(&new));
+    let sites = sites_of(&find_object(Some("libentclangabi")).unwrap()).unwrap();
+    let s = site(&sites, "ent_tag").clone();
+    assert_eq!(&s.bytes[14..16], &[0x66, 0x90], "Clang's entry");
+    let slot = 12;
+    TARGETS[slot].store(new.sym("new_tag"), Ordering::Release);
+    prepare(text, &s, slot);
+    // SAFETY: `ent_tag` has this C signature.
+    let tag: extern "C" fn(c_int) -> c_int = unsafe { std::mem::transmute(old.sym("ent_tag")) };
+    assert_eq!(tag(1), 2, "prepared, not armed: the original");
+    let before = HANDLED.load(Ordering::Relaxed);
+    arm(text, &s);
+    assert_eq!(tag(1), 3, "armed: the replacement");
+    assert_eq!(HANDLED.load(Ordering::Relaxed) - before, 1);
+    disarm(text, &s);
+    assert_eq!(tag(1), 2, "disarmed: the original again");
 }
