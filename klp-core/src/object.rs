@@ -230,27 +230,26 @@ pub fn begin_load_object(name: &str) -> Result<(), ObjectError> {
 /// The module's init succeeded: [`ModuleState::Coming`] becomes [`ModuleState::Live`].
 /// `NotLoaded` when the object is not coming.
 pub fn finish_load_object(name: &str) -> Result<(), ObjectError> {
-    let Some(_serial) = loader_lock() else {
-        return Err(ObjectError::Deadlock);
-    };
-    if object_state(name) != Some(ModuleState::Coming) {
-        return Err(ObjectError::NotLoaded(name.to_owned()));
-    }
-    set_object_state(name, Some(ModuleState::Live));
-    Ok(())
+    move_state(name, ModuleState::Coming, ModuleState::Live)
 }
 
 /// The first half of an unload, for a loader that runs the module's exit itself, outside
 /// the loader lock: a live object becomes [`ModuleState::Going`] (the kernel marks a
 /// module going before its exit runs). `NotLoaded` when it is not live.
 pub fn begin_unload_object(name: &str) -> Result<(), ObjectError> {
+    move_state(name, ModuleState::Live, ModuleState::Going)
+}
+
+/// Under the loader lock: the object in state `from` moves to `to`; `NotLoaded` when it
+/// is in another state.
+fn move_state(name: &str, from: ModuleState, to: ModuleState) -> Result<(), ObjectError> {
     let Some(_serial) = loader_lock() else {
         return Err(ObjectError::Deadlock);
     };
-    if object_state(name) != Some(ModuleState::Live) {
+    if object_state(name) != Some(from) {
         return Err(ObjectError::NotLoaded(name.to_owned()));
     }
-    set_object_state(name, Some(ModuleState::Going));
+    set_object_state(name, Some(to));
     Ok(())
 }
 
